@@ -1,0 +1,132 @@
+"""The artifact folder contract (export writes it, serving reads it).
+
+DIR/model.onnx | model.ts.pt | model.int8.onnx | model.fp16.onnx   (one or more)
+DIR/model_card.json      ModelCard below: every preprocessing fact the server needs
+DIR/index_to_name.json   TorchServe's {"0": "label", ...}, labels unique
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from training.errors import ConvserveError
+
+CARD_SCHEMA = "convserve.model_card/v1"
+CARD_FILE = "model_card.json"
+INDEX_FILE = "index_to_name.json"
+ModelFormat = Literal["onnx", "torchscript", "onnx-int8", "onnx-fp16"]
+
+
+class _Card(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PreprocessingCard(_Card):
+    input_size: int = Field(ge=8)
+    resize_size: int = Field(ge=8)  # shorter side resized to this, then a centre crop of input_size
+    crop: Literal["center"] = "center"
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
+    mean: list[float] = Field(min_length=3, max_length=3)
+    std: list[float] = Field(min_length=3, max_length=3)
+    channels: Literal[1, 3] = 3  # 1: the model was trained on grayscale; convert, then repeat to 3 channels
+    max_pixels: int = 40_000_000  # decompression-bomb guard for decoders
+
+
+class ParityReport(_Card):
+    reference: str = "eager"
+    images: int
+    batch_sizes: list[int]
+    max_abs_prob_diff: float
+    top1_agreement: float  # fraction in [0, 1]
+    top5_agreement: float
+    passed: bool
+    tolerance: float = 1e-4
+
+
+class ModelFile(_Card):
+    path: str  # relative to the artifact folder
+    format: ModelFormat
+    sha256: str
+    size_bytes: int
+    opset: int | None = None
+    dynamic_batch: bool = True
+    parity: ParityReport | None = None
+    test_acc1: float | None = None  # on the checkpoint's test split, when it could be measured
+    export_seconds: float | None = None
+
+
+class SourceCard(_Card):
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+    dataset: str | None = None
+    epoch: int | None = None
+    metrics: dict[str, float | int | None] = {}
+    torchvision_weights: str | None = None
+    random_weights: bool = False  # loudly true when torchvision weights could not be loaded
+
+
+class ModelCard(_Card):
+    schema_version: Literal["convserve.model_card/v1"] = CARD_SCHEMA
+    name: str
+    arch: str
+    num_classes: int = Field(ge=1)
+    class_names: list[str]
+    activation: str = "relu"
+    model_options: dict[str, int | float | bool | str | None] = {}
+    preprocessing: PreprocessingCard
+    files: list[ModelFile] = []
+    source: SourceCard = SourceCard()
+    versions: dict[str, str] = {}
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    def file(self, fmt: ModelFormat) -> ModelFile | None:
+        return next((f for f in self.files if f.format == fmt), None)
+
+
+def unique_labels(names: list[str]) -> list[str]:
+    """Disambiguate repeated labels (TorchServe's stock ImageNet file has e.g. two 'crane') as 'crane (134)'."""
+    counts: dict[str, int] = {}
+    for n in names:
+        counts[n] = counts.get(n, 0) + 1
+    return [f"{n} ({i})" if counts[n] > 1 else n for i, n in enumerate(names)]
+
+
+def write_index_to_name(folder: Path, class_names: list[str]) -> Path:
+    labels = unique_labels(class_names)
+    path = Path(folder) / INDEX_FILE
+    path.write_text(json.dumps({str(i): n for i, n in enumerate(labels)}, indent=1) + "\n")
+    return path
+
+
+def write_card(folder: Path, card: ModelCard) -> Path:
+    path = Path(folder) / CARD_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(card.model_dump_json(indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_card(folder: Path) -> ModelCard:
+    path = Path(folder) / CARD_FILE
+    try:
+        return ModelCard.model_validate_json(path.read_text())
+    except OSError as exc:
+        raise ConvserveError(f"{folder} is not an artifact folder: cannot read {CARD_FILE} ({exc.strerror})") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConvserveError(f"{path} is invalid: {where}: {first['msg']}") from None
+
+
+def read_index_to_name(folder: Path) -> list[str]:
+    path = Path(folder) / INDEX_FILE
+    try:
+        mapping = json.loads(path.read_text())
+        return [mapping[str(i)] for i in range(len(mapping))]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConvserveError(f"cannot read {path}: {exc}") from None

@@ -1,0 +1,1 @@
+"""convserve training stage: datasets, models, engine, checkpoints and run records."""

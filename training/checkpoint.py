@@ -1,0 +1,178 @@
+"""The checkpoint contract: plain tensors and primitives, written atomically, read with weights_only=True.
+
+This is the one checkpoint loader of the project; export and serving call it too.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.errors import ConvserveError
+
+CHECKPOINT_FORMAT = "convserve.checkpoint/v1"
+
+
+@dataclass
+class Preprocessing:
+    """What a consumer must do to an image before the model sees it (written once, by training)."""
+
+    input_size: int
+    resize_size: int
+    mean: list[float]
+    std: list[float]
+    channels: int  # channels of the training data: 1 means convert to grayscale, then repeat to 3
+    interpolation: str = "bilinear"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Checkpoint:
+    arch: str
+    num_classes: int
+    class_names: list[str]
+    preprocessing: Preprocessing
+    activation: str
+    model_options: dict[str, Any]
+    model_state: dict[str, torch.Tensor]
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    epoch: int = 0
+    dataset: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+    train_state: dict[str, Any] | None = None
+    path: Path | None = None
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "arch": self.arch,
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+            "dataset": self.dataset,
+            "input_size": self.preprocessing.input_size,
+            "preprocessing": self.preprocessing.to_dict(),
+            "mean": list(self.preprocessing.mean),
+            "std": list(self.preprocessing.std),
+            "activation": self.activation,
+            "model_options": dict(self.model_options),
+            "config": self.config,
+            "metrics": self.metrics,
+            "epoch": self.epoch,
+            "versions": self.versions or library_versions(),
+            "model_state": self.model_state,
+            "train_state": self.train_state,
+        }
+
+
+def library_versions() -> dict[str, str]:
+    import platform
+
+    import torchvision
+
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version()}
+
+
+def save_checkpoint(ckpt: Checkpoint, path: Path, durable: bool = False) -> None:
+    """Write atomically: a temp file in the same folder, then rename over the target.
+
+    A killed process never leaves a partial file behind the name; ``durable`` adds an fsync for power loss
+    (seconds per save for AlexNet-sized files, so per-epoch saves skip it).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(ckpt.to_payload(), fh)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def link_checkpoint(source: Path, target: Path) -> None:
+    """Make ``target`` name the same file as ``source``, atomically (link to a temp name, then rename)."""
+    tmp = target.with_name(f".{target.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:  # filesystems without hard links
+        import shutil
+
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+_REQUIRED = ("arch", "num_classes", "class_names", "preprocessing", "activation", "model_state")
+
+
+def _read_payload(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConvserveError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise ConvserveError(f"{path} is not a PyTorch checkpoint (not a torch.save zip archive)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConvserveError(
+            f"{path} holds pickled Python objects and was refused (weights_only load): {first}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise ConvserveError(f"{path} is not a readable checkpoint: {str(exc).splitlines()[0]}") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ConvserveError(f"{path} is not a convserve checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    missing = [k for k in _REQUIRED if k not in payload]
+    if missing:
+        raise ConvserveError(f"checkpoint {path} lacks {', '.join(missing)}")
+    return payload
+
+
+def load_checkpoint(path: Path | str, expected_arch: str | None = None, with_train_state: bool = False) -> Checkpoint:
+    """Load and validate a convserve checkpoint; refuse pickles, foreign files and other architectures."""
+    path = Path(path)
+    payload = _read_payload(path)
+    if expected_arch is not None and payload["arch"] != expected_arch:
+        raise ConvserveError(f"checkpoint {path} is a {payload['arch']} model, not {expected_arch}")
+    names = payload["class_names"]
+    if len(names) != payload["num_classes"]:
+        raise ConvserveError(f"checkpoint {path} has {len(names)} class names for {payload['num_classes']} classes")
+    return Checkpoint(
+        arch=payload["arch"],
+        num_classes=int(payload["num_classes"]),
+        class_names=list(names),
+        preprocessing=Preprocessing(**payload["preprocessing"]),
+        activation=payload["activation"],
+        model_options=dict(payload.get("model_options") or {}),
+        model_state=payload["model_state"],
+        config=payload.get("config") or {},
+        metrics=payload.get("metrics") or {},
+        epoch=int(payload.get("epoch", 0)),
+        dataset=payload.get("dataset", ""),
+        versions=payload.get("versions") or {},
+        train_state=payload.get("train_state") if with_train_state else None,
+        path=path,
+    )
+
+
+def sha256_file(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,164 @@
+"""Training configuration: pydantic models, loaded from YAML, overridden from the CLI, dumped per run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from training.errors import ConvserveError
+
+ARCHS = ("alexnet", "resnet18", "resnet34", "mlp")
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "caltech101", "imagefolder", "tiny-imagenet")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    name: Literal[DATASETS] = "digits"  # type: ignore[valid-type]
+    data_dir: Path | None = None
+    input_size: int | None = Field(None, ge=8, le=1024, description="None: the larger of the dataset's and the model's")
+    download: bool = True
+    augment: bool = True
+    limit_per_class: int | None = Field(None, ge=1, description="cap images per class (quick experiments)")
+
+
+class ModelConfig(_Strict):
+    arch: Literal[ARCHS] = "alexnet"  # type: ignore[valid-type]
+    activation: Literal["relu", "sigmoid", "tanh", "gelu"] = "relu"
+    pretrained: bool = False
+    small_input_stem: bool | None = Field(
+        None, description="ResNet 3x3 stem without max-pool; None: when input <= 64 px"
+    )
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+
+
+class OptimConfig(_Strict):
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.01, gt=0.0, le=10.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(5e-4, ge=0.0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: int = Field(1, ge=0)
+    step_size: int = Field(10, ge=1)
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class RunConfig(_Strict):
+    epochs: int = Field(12, ge=1, le=10_000)
+    batch_size: int = Field(64, ge=1, le=65_536)
+    seed: int = 0
+    deterministic: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = False
+    channels_last: bool = False
+    workers: int = Field(0, ge=0, le=64)
+    output_dir: Path | None = Field(None, description="the run folder; None: runs/<timestamp>-<arch>-<dataset>")
+    name: str | None = None
+    print_freq: int = Field(20, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value or "/" in value or value.startswith(".")):
+            raise ValueError("must be a plain folder name")
+        return value
+
+
+class TrainConfig(_Strict):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    run: RunConfig = RunConfig()
+
+
+# CLI flag -> dotted path in TrainConfig; the parser in train.py is built from this table.
+CLI_OVERRIDES: dict[str, str] = {
+    "model": "model.arch",
+    "activation": "model.activation",
+    "pretrained": "model.pretrained",
+    "dataset": "data.name",
+    "data_dir": "data.data_dir",
+    "input_size": "data.input_size",
+    "epochs": "run.epochs",
+    "batch_size": "run.batch_size",
+    "lr": "optim.lr",
+    "optimizer": "optim.optimizer",
+    "weight_decay": "optim.weight_decay",
+    "schedule": "optim.schedule",
+    "label_smoothing": "optim.label_smoothing",
+    "seed": "run.seed",
+    "deterministic": "run.deterministic",
+    "device": "run.device",
+    "amp": "run.amp",
+    "channels_last": "run.channels_last",
+    "workers": "run.workers",
+    "output_dir": "run.output_dir",
+    "name": "run.name",
+}
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line naming every bad field, e.g. ``optim.lr: Input should be greater than 0 (got -1.0)``."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        parts.append(f"{where}: {err['msg']}{shown}")
+    return "invalid config: " + "; ".join(parts)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConvserveError(f"invalid config: {key} must be a mapping")
+    node[leaf] = value
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping with safe_load; a clear error for a missing or malformed file."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConvserveError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    try:
+        tree = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConvserveError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(tree, dict):
+        raise ConvserveError(f"config {path} must hold a mapping at the top level")
+    return tree
+
+
+def build_config(base: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Validate ``base`` (a YAML tree) with CLI ``overrides`` (flag name -> value, None = not given)."""
+    tree = dict(base or {})
+    for flag, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(tree, CLI_OVERRIDES[flag], value)
+    try:
+        return TrainConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConvserveError(format_validation_error(exc)) from None
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    return build_config(read_yaml(path) if path else {}, overrides)
+
+
+def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """Plain JSON/YAML-safe dict (paths as strings) — what checkpoints and config.yaml store."""
+    return cfg.model_dump(mode="json")
+
+
+def dump_config(cfg: TrainConfig, path: Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

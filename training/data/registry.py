@@ -1,0 +1,97 @@
+"""Dataset registry: name -> loader, plus the transforms and preprocessing facts for a model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch.utils.data import Dataset, Subset
+
+from training.checkpoint import Preprocessing
+from training.config import DataConfig
+from training.data.facts import FACTS, DatasetFacts
+from training.data.presets import EvalPreset, TrainPreset, eval_resize_size
+from training.data.splits import RawSplits, Transformed, limit_per_class
+from training.errors import ConvserveError
+from training.models import resolve_input_size
+
+
+@dataclass
+class DataBundle:
+    train: Dataset
+    val: Dataset
+    test: Dataset | None
+    class_names: list[str]
+    facts: DatasetFacts
+    preprocessing: Preprocessing
+
+
+def default_data_dir(name: str) -> Path:
+    return Path("data") / name
+
+
+def load_raw(cfg: DataConfig, seed: int) -> RawSplits:
+    """Dispatch to the loader of ``cfg.name``; every loader reads real on-disk formats."""
+    from training.data import digits, folders, torchvision_sets
+
+    root = Path(cfg.data_dir) if cfg.data_dir else default_data_dir(cfg.name)
+    if cfg.name == "digits":
+        return RawSplits(*digits.load_digit_splits(seed))
+    if cfg.name in ("mnist", "fashion-mnist"):
+        return torchvision_sets.load_mnist(root, cfg.download, seed, fashion=cfg.name == "fashion-mnist")
+    if cfg.name == "cifar10":
+        return torchvision_sets.load_cifar10(root, cfg.download, seed)
+    if cfg.name == "caltech101":
+        return folders.load_caltech101(root, seed)
+    if cfg.name == "imagefolder":
+        return folders.load_imagefolder(root, seed)
+    if cfg.name == "tiny-imagenet":
+        return folders.load_tiny_imagenet(root, seed)
+    raise ConvserveError(f"unknown dataset {cfg.name!r}")
+
+
+def _limited(ds: Dataset | None, limit: int | None) -> Dataset | None:
+    if ds is None or limit is None:
+        return ds
+    labels = [ds[i][1] for i in range(len(ds))] if not hasattr(ds, "targets") else list(ds.targets())
+    return Subset(ds, limit_per_class(labels, limit))
+
+
+def preprocessing_for(facts: DatasetFacts, arch: str, requested_size: int | None) -> Preprocessing:
+    size = resolve_input_size(arch, facts.native_size, requested_size)
+    return Preprocessing(
+        input_size=size,
+        resize_size=eval_resize_size(facts.policy, size),
+        mean=list(facts.mean),
+        std=list(facts.std),
+        channels=facts.channels,
+    )
+
+
+def build_datasets(cfg: DataConfig, arch: str, seed: int) -> DataBundle:
+    facts = FACTS[cfg.name]
+    pre = preprocessing_for(facts, arch, cfg.input_size)
+    raw = load_raw(cfg, seed)
+    if len(raw.train) == 0 or len(raw.val) == 0:
+        raise ConvserveError(f"dataset {cfg.name} has an empty train or val split")
+    train_tf, eval_tf = TrainPreset(pre, facts.policy, cfg.augment), EvalPreset(pre)
+    test = _limited(raw.test, cfg.limit_per_class)
+    return DataBundle(
+        train=Transformed(_limited(raw.train, cfg.limit_per_class), train_tf),
+        val=Transformed(_limited(raw.val, cfg.limit_per_class), eval_tf),
+        test=Transformed(test, eval_tf) if test is not None else None,
+        class_names=raw.class_names,
+        facts=facts,
+        preprocessing=pre,
+    )
+
+
+def build_eval_split(
+    cfg: DataConfig, arch: str, seed: int, split: str, pre: Preprocessing
+) -> tuple[Dataset, list[str]]:
+    """One split transformed with a checkpoint's own preprocessing (for evaluate / compare)."""
+    raw = load_raw(cfg, seed)
+    base = {"train": raw.train, "val": raw.val, "test": raw.test}[split]
+    if base is None:
+        raise ConvserveError(f"dataset {cfg.name} has no {split} split")
+    return Transformed(_limited(base, cfg.limit_per_class), EvalPreset(pre)), raw.class_names

@@ -1,0 +1,70 @@
+"""Evaluate a checkpoint: ``python training/evaluate.py CKPT [--dataset ...] [--split test|val] [--json]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from training.checkpoint import load_checkpoint
+from training.config import DATASETS, DataConfig
+from training.data.registry import build_eval_split
+from training.engine.evaluate import evaluate
+from training.errors import ConvserveError, run_cli
+from training.models import model_from_checkpoint
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--dataset", choices=DATASETS, help="default: the checkpoint's dataset")
+    p.add_argument("--data-dir", type=Path, help="default: the checkpoint's data folder")
+    p.add_argument("--split", choices=["test", "val", "train"], default="test")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--print-freq", type=int, default=10)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--json", action="store_true", help="print machine-readable results only")
+    return p
+
+
+def data_config_for(ckpt, dataset: str | None, data_dir: Path | None) -> tuple[DataConfig, int]:
+    """The checkpoint's own data settings (and seed, which fixes the split), with explicit flags winning."""
+    saved = dict(ckpt.config.get("data") or {"name": ckpt.dataset})
+    if dataset is not None and dataset != saved.get("name"):
+        saved = {"name": dataset}
+    if data_dir is not None:
+        saved["data_dir"] = str(data_dir)
+    saved["download"] = False
+    seed = int((ckpt.config.get("run") or {}).get("seed", 0))
+    try:
+        return DataConfig.model_validate(saved), seed
+    except ValueError as exc:
+        raise ConvserveError(f"checkpoint data settings are invalid: {str(exc).splitlines()[0]}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    ckpt = load_checkpoint(args.checkpoint)
+    data_cfg, seed = data_config_for(ckpt, args.dataset, args.data_dir)
+    dataset, class_names = build_eval_split(data_cfg, ckpt.arch, seed, args.split, ckpt.preprocessing)
+    if len(class_names) != ckpt.num_classes:
+        raise ConvserveError(f"{data_cfg.name} has {len(class_names)} classes, the checkpoint {ckpt.num_classes}")
+    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    model = model_from_checkpoint(ckpt).to(device)
+    loader = DataLoader(dataset, batch_size=args.batch_size)
+    result = evaluate(model, loader, device, ckpt.class_names, print_freq=args.print_freq, show_progress=not args.json)
+    if args.json:
+        print(json.dumps({"checkpoint": str(args.checkpoint), "split": args.split, **result.to_dict()}, indent=2))
+        return 0
+    print(f" *   Acc@1 {result.acc1:.3f} Acc@5 {result.acc5:.3f}")
+    print(f"per-class accuracy ({args.split}, {result.count} images):")
+    for name, acc in result.per_class_acc.items():
+        print(f"  {name:>20s}  {'n/a' if acc is None else f'{100 * acc:6.2f}%'}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,109 @@
+"""Build the classifier for an architecture name; the checkpoint stores the name and options to rebuild it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+
+from training.errors import ConvserveError
+from training.models.activations import swap_activations
+from training.models.mlp import MLP
+
+# AlexNet's features shrink a 62 px image to nothing (the third max-pool sees a 2x2 map).
+ARCH_MIN_INPUT = {"alexnet": 63, "resnet18": 16, "resnet34": 16, "mlp": 8}
+# The input size to pick when the dataset's native size is below the architecture's minimum.
+ARCH_SMALL_INPUT = {"alexnet": 64, "resnet18": 32, "resnet34": 32, "mlp": 8}
+
+
+def resolve_input_size(arch: str, dataset_size: int, requested: int | None) -> int:
+    minimum = ARCH_MIN_INPUT[arch]
+    if requested is not None:
+        if requested < minimum:
+            raise ConvserveError(f"{arch} needs an input size of at least {minimum} px, got {requested}")
+        return requested
+    return max(dataset_size, ARCH_SMALL_INPUT[arch])
+
+
+def _load_pretrained(arch: str) -> nn.Module:
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    try:
+        return torchvision.models.get_model(arch, weights=weights)
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError
+        raise ConvserveError(
+            f"cannot load torchvision's ImageNet weights for {arch} ({weights}): {str(exc).splitlines()[0]}; "
+            "without internet, place the file in $TORCH_HOME/hub/checkpoints or drop --pretrained"
+        ) from None
+
+
+def _resnet(arch: str, num_classes: int, small_stem: bool, pretrained: bool) -> nn.Module:
+    model = _load_pretrained(arch) if pretrained else torchvision.models.get_model(arch, weights=None)
+    if small_stem:
+        model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    model.fc = nn.Linear(model.fc.in_features, num_classes)
+    return model
+
+
+def _alexnet(num_classes: int, dropout: float, pretrained: bool) -> nn.Module:
+    if pretrained:
+        model = _load_pretrained("alexnet")
+        model.classifier[-1] = nn.Linear(model.classifier[-1].in_features, num_classes)
+        return model
+    return torchvision.models.alexnet(weights=None, num_classes=num_classes, dropout=dropout)
+
+
+def build_model(
+    arch: str,
+    num_classes: int,
+    input_size: int,
+    activation: str = "relu",
+    small_input_stem: bool | None = None,
+    dropout: float = 0.5,
+    pretrained: bool = False,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Return the model and the options needed to rebuild it (stored in the checkpoint)."""
+    if arch not in ARCH_MIN_INPUT:
+        raise ConvserveError(f"unknown model {arch!r}; choose one of {', '.join(ARCH_MIN_INPUT)}")
+    resolve_input_size(arch, input_size, input_size)
+    options: dict[str, Any] = {"input_size": input_size, "dropout": dropout}
+    if arch == "alexnet":
+        model = _alexnet(num_classes, dropout, pretrained)
+    elif arch.startswith("resnet"):
+        small = input_size <= 64 if small_input_stem is None else small_input_stem
+        options["small_input_stem"] = small
+        model = _resnet(arch, num_classes, small, pretrained)
+    else:
+        if pretrained:
+            raise ConvserveError("the mlp baseline has no pretrained weights")
+        model = MLP(in_features=3 * input_size * input_size, num_classes=num_classes, dropout=dropout)
+    swap_activations(model, activation)
+    return model, options
+
+
+def model_from_checkpoint(ckpt: Any) -> nn.Module:
+    """Rebuild the eager model of a loaded ``Checkpoint`` and load its weights (strictly)."""
+    opts = ckpt.model_options
+    model, _ = build_model(
+        ckpt.arch,
+        ckpt.num_classes,
+        int(opts.get("input_size", ckpt.preprocessing.input_size)),
+        activation=ckpt.activation,
+        small_input_stem=opts.get("small_input_stem"),
+        dropout=float(opts.get("dropout", 0.5)),
+    )
+    try:
+        model.load_state_dict(ckpt.model_state, strict=True)
+    except RuntimeError as exc:
+        raise ConvserveError(f"checkpoint weights do not fit a {ckpt.arch}: {str(exc).splitlines()[0]}") from None
+    return model.eval()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def dummy_input(input_size: int, batch: int = 1) -> torch.Tensor:
+    return torch.randn(batch, 3, input_size, input_size)

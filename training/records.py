@@ -1,0 +1,116 @@
+"""The run folder: resolved config, metrics.csv, summary.json, TensorBoard events, checkpoints/."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from training.errors import ConvserveError
+
+METRIC_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "train_acc1",
+    "train_acc5",
+    "val_loss",
+    "val_acc1",
+    "val_acc5",
+    "lr",
+    "epoch_seconds",
+]
+RUN_MARKERS = ("config.yaml", "metrics.csv", "summary.json", "checkpoints")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_text_atomic(Path(path), json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def holds_run(path: Path) -> bool:
+    return path.is_dir() and any((path / m).exists() for m in RUN_MARKERS)
+
+
+def new_run_dir(root: Path, arch: str, dataset: str, name: str | None) -> Path:
+    """A fresh folder under ``root``; timestamped names get a numeric suffix instead of clobbering."""
+    if name:
+        return root / name
+    stem = f"{datetime.now():%Y%m%d-%H%M%S}-{arch}-{dataset}"
+    path, k = root / stem, 2
+    while path.exists():
+        path, k = root / f"{stem}-{k}", k + 1
+    return path
+
+
+def claim_run_dir(path: Path, resume: bool) -> Path:
+    """Check the run folder may be used: a new run never writes into a folder that holds one."""
+    if resume:
+        if not (path / "checkpoints" / "last.pt").is_file():
+            raise ConvserveError(f"--resume: {path} holds no checkpoints/last.pt to resume from")
+        return path
+    if holds_run(path):
+        raise ConvserveError(f"{path} already holds a run; pick another --output-dir or pass --resume")
+    if path.exists() and not path.is_dir():
+        raise ConvserveError(f"--output-dir {path} exists and is not a folder")
+    try:
+        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConvserveError(f"cannot create run folder {path}: {exc.strerror or exc}") from None
+    return path
+
+
+class RunRecorder:
+    """Writes metrics.csv (rewritten from history on resume), TensorBoard scalars and summary.json."""
+
+    def __init__(self, path: Path, history: list[dict[str, float]] | None = None):
+        self.path = path
+        self.history: list[dict[str, float]] = list(history or [])
+        self._write_csv()
+        from torch.utils.tensorboard import SummaryWriter
+
+        start = int(self.history[-1]["epoch"]) + 1 if self.history else 0
+        self.tb = SummaryWriter(log_dir=str(path / "tensorboard"), purge_step=start or None)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    def _write_csv(self) -> None:
+        target = self.path / "metrics.csv"
+        fd, tmp = tempfile.mkstemp(prefix=".metrics.", suffix=".tmp", dir=self.path)
+        with os.fdopen(fd, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
+            writer.writeheader()
+            writer.writerows(self.history)
+        os.replace(tmp, target)
+
+    def log_epoch(self, row: dict[str, float]) -> None:
+        self.history.append(row)
+        self._write_csv()
+        step = int(row["epoch"])
+        for key in ("loss", "acc1", "acc5"):
+            self.tb.add_scalars(key, {"train": row[f"train_{key}"], "val": row[f"val_{key}"]}, step)
+        self.tb.add_scalar("lr", row["lr"], step)
+        self.tb.flush()
+
+    @staticmethod
+    def write_summary_to(path: Path, summary: dict[str, Any]) -> None:
+        write_json_atomic(path / "summary.json", summary)
+
+    def close(self) -> None:
+        self.tb.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    with open(path, newline="") as fh:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]

@@ -1,0 +1,389 @@
+"""Orchestrates a training run: data, model, optimiser, epochs, checkpoints, test evaluation, summary."""
+
+from __future__ import annotations
+
+import math
+import random
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from training.checkpoint import Checkpoint, library_versions, link_checkpoint, load_checkpoint, save_checkpoint
+from training.config import TrainConfig, build_config, config_to_dict, dump_config
+from training.data import DataBundle, build_datasets
+from training.engine.distributed import DistInfo, ShardSampler, broadcast_object, init_distributed, shutdown_distributed
+from training.engine.evaluate import EvalResult, evaluate
+from training.engine.train_loop import train_one_epoch
+from training.errors import ConvserveError
+from training.models import build_model
+from training.records import RunRecorder, claim_run_dir, new_run_dir
+
+
+@dataclass
+class Session:
+    """Everything an epoch needs, built once per run."""
+
+    cfg: TrainConfig
+    info: DistInfo
+    device: torch.device
+    data: DataBundle
+    model: nn.Module  # possibly DDP-wrapped
+    model_without_ddp: nn.Module
+    model_options: dict[str, Any]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    autocast: Any
+    run_dir: Path
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConvserveError("--device cuda was asked for but no CUDA GPU is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def make_autocast(cfg: TrainConfig, device: torch.device) -> tuple[Any, torch.amp.GradScaler | None]:
+    """bf16 autocast on CPU; fp16 with a GradScaler on CUDA (bf16 needs no scaler but older GPUs lack it)."""
+    if not cfg.run.amp:
+        return None, None
+    if device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16), None
+    return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # fused kernels: ten times faster than the per-tensor loop on CPU (AlexNet: 37 ms vs 375 ms a step)
+    if o.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0, fused=True)
+    if o.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=o.lr, fused=True)
+    return torch.optim.AdamW(groups, lr=o.lr, fused=True)
+
+
+def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """Per-step LR: linear warmup, then cosine to zero, step decay, or constant."""
+    o, total = cfg.optim, cfg.run.epochs * steps_per_epoch
+    warmup = min(o.warmup_epochs * steps_per_epoch, max(total - 1, 0))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if o.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+        if o.schedule == "step":
+            return o.gamma ** ((step // steps_per_epoch) // o.step_size)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_loaders(cfg: TrainConfig, data: DataBundle, info: DistInfo, device: torch.device):
+    kw = {"batch_size": cfg.run.batch_size, "num_workers": cfg.run.workers, "pin_memory": device.type == "cuda"}
+    if cfg.run.workers > 0:
+        kw["persistent_workers"] = True
+    if info.enabled:
+        sampler = DistributedSampler(data.train, info.world_size, info.rank, shuffle=True, seed=cfg.run.seed)
+    else:
+        sampler = RandomSampler(data.train, generator=torch.Generator())
+    per_rank = math.ceil(len(data.train) / info.world_size)
+    train = DataLoader(data.train, sampler=sampler, drop_last=per_rank > cfg.run.batch_size, **kw)
+
+    def eval_loader(ds):
+        return DataLoader(ds, sampler=ShardSampler(len(ds), info), **kw) if ds is not None else None
+
+    return train, eval_loader(data.val), eval_loader(data.test)
+
+
+def set_epoch_seed(cfg: TrainConfig, loader: DataLoader, epoch: int, info: DistInfo) -> None:
+    """Seed each epoch from (seed, epoch, rank) so a resumed run replays exactly what it would have done."""
+    torch.manual_seed(cfg.run.seed * 100_003 + epoch * 101 + info.rank)
+    sampler = loader.sampler
+    if isinstance(sampler, DistributedSampler):
+        sampler.set_epoch(epoch)
+    elif isinstance(sampler, RandomSampler):
+        sampler.generator.manual_seed(cfg.run.seed * 100_003 + epoch)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def peak_gpu_mb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+def _prepare_run_dir(cfg: TrainConfig, resume: bool, info: DistInfo) -> Path:
+    path = None
+    if info.is_main:
+        if resume and cfg.run.output_dir is None:
+            raise ConvserveError("--resume needs --output-dir RUN_DIR (the run to continue)")
+        root = Path("runs")
+        path = (
+            Path(cfg.run.output_dir)
+            if cfg.run.output_dir
+            else new_run_dir(root, cfg.model.arch, cfg.data.name, cfg.run.name)
+        )
+        claim_run_dir(path, resume)
+    return Path(broadcast_object(str(path) if path else None, info))
+
+
+def build_session(cfg: TrainConfig, info: DistInfo, device: torch.device, run_dir: Path) -> Session:
+    data = build_datasets(cfg.data, cfg.model.arch, cfg.run.seed)
+    m = cfg.model
+    model, options = build_model(
+        m.arch,
+        len(data.class_names),
+        data.preprocessing.input_size,
+        m.activation,
+        m.small_input_stem,
+        m.dropout,
+        m.pretrained,
+    )
+    model.to(device)
+    if cfg.run.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model_without_ddp = model
+    if info.enabled:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.local_rank] if device.type == "cuda" else None
+        )
+    optimizer = make_optimizer(cfg, model_without_ddp)
+    per_rank = math.ceil(len(data.train) / info.world_size)
+    steps = per_rank // cfg.run.batch_size if per_rank > cfg.run.batch_size else 1  # as the loader's drop_last
+    scheduler = make_scheduler(cfg, optimizer, steps)
+    autocast, scaler = make_autocast(cfg, device)
+    return Session(
+        cfg, info, device, data, model, model_without_ddp, options, optimizer, scheduler, scaler, autocast, run_dir
+    )
+
+
+def make_checkpoint(s: Session, epoch: int, metrics: dict[str, Any], train_state: dict[str, Any] | None) -> Checkpoint:
+    return Checkpoint(
+        arch=s.cfg.model.arch,
+        num_classes=len(s.data.class_names),
+        class_names=s.data.class_names,
+        preprocessing=s.data.preprocessing,
+        activation=s.cfg.model.activation,
+        model_options=s.model_options,
+        model_state={k: v.detach().cpu() for k, v in s.model_without_ddp.state_dict().items()},
+        config=config_to_dict(s.cfg),
+        metrics=metrics,
+        epoch=epoch,
+        dataset=s.cfg.data.name,
+        versions=library_versions(),
+        train_state=train_state,
+    )
+
+
+def _train_state(s: Session, best: dict[str, float], history: list[dict[str, float]]) -> dict[str, Any]:
+    return {
+        "optimizer": s.optimizer.state_dict(),
+        "scheduler": s.scheduler.state_dict(),
+        "scaler": s.scaler.state_dict() if s.scaler else None,
+        "best": best,
+        "history": history,
+        "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])},
+    }
+
+
+def _restore(s: Session) -> tuple[int, dict[str, float], list[dict[str, float]]]:
+    ckpt = load_checkpoint(s.run_dir / "checkpoints" / "last.pt", expected_arch=s.cfg.model.arch, with_train_state=True)
+    if ckpt.class_names != s.data.class_names:
+        raise ConvserveError("--resume: the dataset's classes differ from the checkpoint's")
+    s.model_without_ddp.load_state_dict(ckpt.model_state)
+    state = ckpt.train_state or {}
+    s.optimizer.load_state_dict(state["optimizer"])
+    s.scheduler.load_state_dict(state["scheduler"])
+    if s.scaler is not None and state.get("scaler"):
+        s.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    return ckpt.epoch + 1, dict(state["best"]), list(state["history"])
+
+
+def _epoch_row(epoch: int, train, val: EvalResult, lr: float) -> dict[str, float]:
+    return {
+        "epoch": epoch,
+        "train_loss": train.loss,
+        "train_acc1": train.acc1,
+        "train_acc5": train.acc5,
+        "val_loss": val.loss,
+        "val_acc1": val.acc1,
+        "val_acc5": val.acc5,
+        "lr": lr,
+        "epoch_seconds": train.seconds,
+    }
+
+
+def _log(info: DistInfo, message: str) -> None:
+    if info.is_main:
+        print(message, flush=True)
+
+
+def fit(s: Session, resume: bool) -> tuple[dict[str, Any], float, int]:
+    """Train all epochs; returns (best, train_seconds, images_seen); best["state"] holds the best weights."""
+    cfg, info = s.cfg, s.info
+    start, best, history = _restore(s) if resume else (0, {"val_acc1": -1.0, "epoch": -1}, [])
+    recorder = RunRecorder(s.run_dir, history) if info.is_main else None
+    train_loader, val_loader, _ = make_loaders(cfg, s.data, info, s.device)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+    seconds, images, best_state = 0.0, 0, None
+    for epoch in range(start, cfg.run.epochs):
+        set_epoch_seed(cfg, train_loader, epoch, info)
+        stats = train_one_epoch(
+            s.model,
+            train_loader,
+            criterion,
+            s.optimizer,
+            s.scheduler,
+            s.device,
+            epoch,
+            info,
+            s.autocast,
+            s.scaler,
+            cfg.run.channels_last,
+            cfg.run.print_freq,
+        )
+        seconds, images = seconds + stats.seconds, images + stats.count
+        val = evaluate(
+            s.model_without_ddp,
+            val_loader,
+            s.device,
+            s.data.class_names,
+            info,
+            s.autocast,
+            prefix="Val: ",
+            show_progress=False,
+        )
+        row = _epoch_row(epoch, stats, val, s.optimizer.param_groups[0]["lr"])
+        improved = val.acc1 > best["val_acc1"]
+        if improved:
+            best = {"val_acc1": val.acc1, "val_acc5": val.acc5, "epoch": epoch}
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in s.model_without_ddp.state_dict().items()}
+        _log(
+            info,
+            f"epoch {epoch + 1}/{cfg.run.epochs}  train loss {stats.loss:.4f} acc@1 {stats.acc1:.2f}  "
+            f"val loss {val.loss:.4f} acc@1 {val.acc1:.2f} acc@5 {val.acc5:.2f}  {stats.seconds:.1f}s",
+        )
+        if recorder is not None:
+            recorder.log_epoch(row)
+            ckpt = make_checkpoint(s, epoch, row, _train_state(s, best, recorder.history))
+            # Every rank takes the same branch: val metrics are all-reduced before the comparison.
+            save_checkpoint(ckpt, recorder.checkpoints / "last.pt")
+            if improved:  # the same bytes: a hard link instead of a second 100s-of-MB write
+                link_checkpoint(recorder.checkpoints / "last.pt", recorder.checkpoints / "best.pt")
+    if recorder is not None:
+        recorder.close()
+    return {**best, "state": best_state}, seconds, images
+
+
+def final_test(s: Session, best_state: dict[str, torch.Tensor] | None) -> tuple[EvalResult, str]:
+    """Evaluate the best weights on the test split (val when the dataset has none — said in the summary)."""
+    if best_state is None:  # a resumed run that improved no further: best.pt holds them
+        if s.info.enabled:
+            torch.distributed.barrier()
+        best_state = load_checkpoint(s.run_dir / "checkpoints" / "best.pt", expected_arch=s.cfg.model.arch).model_state
+    s.model_without_ddp.load_state_dict(best_state)
+    _, val_loader, test_loader = make_loaders(s.cfg, s.data, s.info, s.device)
+    split = "test" if test_loader is not None else "val"
+    result = evaluate(
+        s.model_without_ddp,
+        test_loader or val_loader,
+        s.device,
+        s.data.class_names,
+        s.info,
+        s.autocast,
+        prefix="Test: ",
+        show_progress=False,
+    )
+    return result, split
+
+
+def summarize(s: Session, test: EvalResult, split: str, best: dict, seconds: float, images: int, wall: float) -> dict:
+    return {
+        "arch": s.cfg.model.arch,
+        "dataset": s.cfg.data.name,
+        "test_split": split,
+        "test_acc1": test.acc1,
+        "test_acc5": test.acc5,
+        "test_loss": test.loss,
+        "test_count": test.count,
+        "per_class_acc": test.per_class_acc,
+        "confusion_matrix": test.confusion_matrix,
+        "class_names": s.data.class_names,
+        "best_epoch": best["epoch"],
+        "best_val_acc1": best["val_acc1"],
+        "epochs": s.cfg.run.epochs,
+        "wall_time_s": wall,
+        "train_time_s": seconds,
+        "images_per_s": images / seconds if seconds > 0 else None,
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_gpu_mem_mb": peak_gpu_mb(s.device),
+        "device": str(s.device),
+        "world_size": s.info.world_size,
+        "input_size": s.data.preprocessing.input_size,
+        "num_params": sum(p.numel() for p in s.model_without_ddp.parameters()),
+    }
+
+
+def load_resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
+    """On --resume the run's own config.yaml is the base; flags given now (e.g. more epochs) override it."""
+    from training.config import read_yaml
+
+    return build_config(read_yaml(run_dir / "config.yaml"), overrides)
+
+
+def run_training(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    wall_start = time.perf_counter()
+    device = resolve_device(cfg.run.device)
+    info = init_distributed(device.type)
+    try:
+        seed_everything(cfg.run.seed + info.rank, cfg.run.deterministic)
+        run_dir = _prepare_run_dir(cfg, resume, info)
+        cfg.run.output_dir = run_dir
+        s = build_session(cfg, info, device, run_dir)
+        if info.is_main:
+            dump_config(cfg, run_dir / "config.yaml")
+            _log(
+                info,
+                f"run folder {run_dir}  ({cfg.model.arch} on {cfg.data.name}, {len(s.data.train)} train / "
+                f"{len(s.data.val)} val images, {s.data.preprocessing.input_size}px, {device}, "
+                f"world {info.world_size})",
+            )
+        best, seconds, images = fit(s, resume)
+        test, split = final_test(s, best.pop("state"))
+        summary = summarize(s, test, split, best, seconds, images, time.perf_counter() - wall_start)
+        if info.is_main:
+            RunRecorder.write_summary_to(run_dir, summary)
+            _log(
+                info,
+                f" *   {split} Acc@1 {test.acc1:.3f} Acc@5 {test.acc5:.3f}  ({test.count} images, best epoch "
+                f"{best['epoch'] + 1}, {summary['wall_time_s']:.1f}s wall)",
+            )
+        return summary
+    finally:
+        shutdown_distributed(info)
