@@ -19,7 +19,7 @@ from training.errors import ConvserveError
 CARD_SCHEMA = "convserve.model_card/v1"
 CARD_FILE = "model_card.json"
 INDEX_FILE = "index_to_name.json"
-ModelFormat = Literal["onnx", "torchscript", "onnx-int8", "onnx-fp16"]
+ModelFormat = Literal["onnx", "torchscript", "onnx-int8", "onnx-fp16", "eager"]
 
 
 class _Card(BaseModel):
