@@ -1,0 +1,128 @@
+"""Image files on disk as a dataset: listed up front (paths and labels only), decoded lazily to uint8 RGB.
+
+What counts as an image: a file with an image extension (``IMAGE_SUFFIXES``, any case) whose name and folders
+do not start with ``.``. Everything else (Tiny-ImageNet's ``*_boxes.txt``, ``.DS_Store``, ``Thumbs.db``,
+READMEs) is not an image and is left out of the listing.
+
+A listed file that cannot be decoded is an error, not a skip: ``ImageFiles`` raises a one-line
+``ConvserveError`` naming the file when it is first read. Skipping would silently change the data set (and its
+class balance), and finding bad files before training means decoding every image up front, minutes for an
+ImageNet-sized folder.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_image
+
+from training.errors import ConvserveError
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_WIDE_GRAY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+# the formats serving accepts (serving/images.py), so a model never trains on what it could not be sent
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
+
+
+def is_image_name(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under ``folder`` and its sub-folders, sorted; hidden files and folders are skipped."""
+    found = []
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(Path(top) / f for f in files if is_image_name(f))
+    return sorted(found)
+
+
+def class_folders(folder: Path) -> list[Path]:
+    """Sub-folders of ``folder`` (one per class), sorted by name, hidden ones skipped."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def decode_rgb(path: str | Path) -> torch.Tensor:
+    """Decode an image file to a uint8 3xHxW RGB tensor, upright (EXIF orientation applied).
+
+    Gray and RGB JPEGs (nearly all of these data sets) go through torchvision's decoder; everything else
+    through Pillow with serving's policies (serving/images.py), so a model sees the same pixels in training as
+    in production: transparency composited on white, 16-bit gray scaled to 8 bits, CMYK converted by Pillow,
+    the first frame of an animation.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConvserveError(f"cannot read image {path}: {exc.strerror or exc}") from None
+    if data[:3] == JPEG_MAGIC:
+        try:
+            img = decode_image(
+                torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                ImageReadMode.UNCHANGED,
+                apply_exif_orientation=True,
+            )
+        except RuntimeError:
+            pass  # Pillow below either decodes it or names the problem
+        else:
+            if img.shape[0] in (1, 3):  # 4 channels is CMYK: Pillow's conversion, as in serving
+                return img.repeat(3, 1, 1) if img.shape[0] == 1 else img
+    return _decode_with_pillow(path, data)
+
+
+def _decode_with_pillow(path: str | Path, data: bytes) -> torch.Tensor:
+    if not data:
+        raise ConvserveError(f"cannot decode image {path}: the file is empty")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            pixels = _rgb_pixels(ImageOps.exif_transpose(img))
+    except UnidentifiedImageError:
+        raise ConvserveError(f"cannot decode image {path}: not an image format Pillow or torchvision reads") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ConvserveError(f"cannot decode image {path}: {_reason(exc)}") from None
+    return torch.from_numpy(np.array(pixels)).permute(2, 0, 1).contiguous()  # np.array: a writable copy
+
+
+def _rgb_pixels(img: Image.Image) -> np.ndarray:
+    if img.mode in _WIDE_GRAY_MODES:
+        gray = (np.clip(np.asarray(img).astype(np.int64), 0, 65535) / 257.0).round().astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if img.mode in _ALPHA_MODES or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.asarray(img.convert("RGB"))
+
+
+class ImageFiles(Dataset):
+    """Image files with integer labels; ``__getitem__`` decodes one file to a uint8 3xHxW tensor."""
+
+    def __init__(self, paths: Sequence[str | Path], labels: Sequence[int]):
+        if len(paths) != len(labels):
+            raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
+        self.paths = [str(p) for p in paths]  # str, not Path: cheaper to hold and to send to workers
+        self.labels = [int(y) for y in labels]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return decode_rgb(self.paths[i]), self.labels[i]
+
+    def targets(self) -> list[int]:
+        return list(self.labels)
+
+    def subset(self, indices: Sequence[int]) -> ImageFiles:
+        return ImageFiles([self.paths[i] for i in indices], [self.labels[i] for i in indices])
