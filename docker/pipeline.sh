@@ -1,0 +1,57 @@
+#!/bin/sh
+# The container steps of the pipeline, each safe to run again (compose restarts one-shot services on `up`):
+#   pipeline.sh train [TRAIN FLAGS...]   train into $CONVSERVE_RUN unless it already holds a finished run
+#   pipeline.sh export                   ONNX artifact + TorchServe archive, unless the archive exists
+#   pipeline.sh serve [SERVE FLAGS...]   TorchServe on 0.0.0.0:8080 with the archive
+# Finished outputs are reused, never overwritten: remove the volume (docker compose down -v) to start over.
+set -eu
+RUN="${CONVSERVE_RUN:-/data/runs/demo}"
+ARTIFACT="${CONVSERVE_ARTIFACT:-/data/artifacts/demo}"
+STORE="${CONVSERVE_MODEL_STORE:-/data/model-store}"
+MODEL="${CONVSERVE_MODEL_NAME:-alexnet}"
+EXPORT_FORMAT="${CONVSERVE_EXPORT_FORMAT:-onnx}"
+
+report_accuracy() {
+    python -c 'import json,sys; s=json.load(open(sys.argv[1])); print(f"trainer: final test top-1 {s[\"test_acc1\"]:.2f}% top-5 {s[\"test_acc5\"]:.2f}% ({sys.argv[1]})")' "$RUN/summary.json"
+}
+
+step="${1:-}"
+[ $# -gt 0 ] && shift
+case "$step" in
+    train)
+        if [ -f "$RUN/summary.json" ]; then
+            echo "trainer: $RUN already holds a finished run; reusing it"
+        elif [ -f "$RUN/checkpoints/last.pt" ]; then
+            echo "trainer: resuming the unfinished run in $RUN"
+            python training/train.py --resume --output-dir "$RUN"
+        else
+            python training/train.py --output-dir "$RUN" "$@"
+        fi
+        report_accuracy
+        ;;
+    export)
+        if [ -f "$STORE/$MODEL.mar" ]; then
+            echo "export: $STORE/$MODEL.mar exists; reusing it"
+            exit 0
+        fi
+        [ -f "$RUN/checkpoints/best.pt" ] || { echo "error: no checkpoint at $RUN/checkpoints/best.pt (run the trainer first)" >&2; exit 2; }
+        if [ ! -f "$ARTIFACT/model_card.json" ]; then
+            case "$EXPORT_FORMAT" in
+                onnx) python export/to_onnx.py "$RUN/checkpoints/best.pt" --output-dir "$ARTIFACT" ;;
+                torchscript) python export/to_torchscript.py "$RUN/checkpoints/best.pt" --output-dir "$ARTIFACT" ;;
+                *) echo "error: CONVSERVE_EXPORT_FORMAT must be onnx or torchscript, not '$EXPORT_FORMAT'" >&2; exit 2 ;;
+            esac
+        fi
+        mkdir -p "$STORE"
+        python serving/archive.py "$ARTIFACT" --model-name "$MODEL" --export-path "$STORE"
+        echo "export: $STORE/$MODEL.mar"
+        ;;
+    serve)
+        exec python serving/serve.py --model-store "$STORE" --models "$MODEL=$MODEL.mar" \
+            --host 0.0.0.0 --port 8080 "$@"
+        ;;
+    *)
+        echo "usage: pipeline.sh train|export|serve [FLAGS...]" >&2
+        exit 2
+        ;;
+esac

