@@ -21,11 +21,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image
 
 from training.errors import ConvserveError
 
-JPEG_MAGIC = b"\xff\xd8\xff"
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _WIDE_GRAY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 # the formats serving accepts (serving/images.py), so a model never trains on what it could not be sent
@@ -56,43 +54,35 @@ def _reason(exc: BaseException) -> str:
 
 
 def decode_rgb(path: str | Path) -> torch.Tensor:
-    """Decode an image file to a uint8 3xHxW RGB tensor, upright (EXIF orientation applied).
+    """Decode an image file to a uint8 3xHxW RGB tensor with serving's policies (serving/images.py).
 
-    Gray and RGB JPEGs (nearly all of these data sets) go through torchvision's decoder; everything else
-    through Pillow with serving's policies (serving/images.py), so a model sees the same pixels in training as
-    in production: transparency composited on white, 16-bit gray scaled to 8 bits, CMYK converted by Pillow,
-    the first frame of an animation.
+    The same decoder (Pillow) and the same rules as for uploads, so a model sees the same pixels in training
+    as in production: EXIF orientation applied, transparency composited on white, 16-bit gray scaled to 8 bits,
+    grayscale and CMYK converted by Pillow, the first frame of an animation. (torchvision.io's decoders are
+    deprecated since torchvision 0.29.)
     """
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise ConvserveError(f"cannot read image {path}: {exc.strerror or exc}") from None
-    if data[:3] == JPEG_MAGIC:
-        try:
-            img = decode_image(
-                torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                ImageReadMode.UNCHANGED,
-                apply_exif_orientation=True,
-            )
-        except RuntimeError:
-            pass  # Pillow below either decodes it or names the problem
-        else:
-            if img.shape[0] in (1, 3):  # 4 channels is CMYK: Pillow's conversion, as in serving
-                return img.repeat(3, 1, 1) if img.shape[0] == 1 else img
-    return _decode_with_pillow(path, data)
-
-
-def _decode_with_pillow(path: str | Path, data: bytes) -> torch.Tensor:
     if not data:
         raise ConvserveError(f"cannot decode image {path}: the file is empty")
     try:
         with Image.open(io.BytesIO(data)) as img:
-            pixels = _rgb_pixels(ImageOps.exif_transpose(img))
+            pixels = _rgb_pixels(_upright(img))
     except UnidentifiedImageError:
-        raise ConvserveError(f"cannot decode image {path}: not an image format Pillow or torchvision reads") from None
+        raise ConvserveError(f"cannot decode image {path}: not an image format Pillow reads") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ConvserveError(f"cannot decode image {path}: {_reason(exc)}") from None
     return torch.from_numpy(np.array(pixels)).permute(2, 0, 1).contiguous()  # np.array: a writable copy
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    img.load()  # decode errors (truncation) surface here, not as a lost orientation below
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # a broken EXIF block costs the orientation, as in serving
+        return img
 
 
 def _rgb_pixels(img: Image.Image) -> np.ndarray:
