@@ -33,3 +33,9 @@ format: install
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Containers end to end (docker/e2e.sh via pytest): installs/starts a Docker engine if needed (root), builds
+# both images, trains, serves, predicts, load-tests, tears down. Tens of minutes; not part of `make test`.
+.PHONY: test-docker
+test-docker: install
+	CONVSERVE_DOCKER_TESTS=1 $(BIN)/python -m pytest -q -s -m docker tests/docker

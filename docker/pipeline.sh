@@ -2,7 +2,8 @@
 # The container steps of the pipeline, each safe to run again (compose restarts one-shot services on `up`):
 #   pipeline.sh train [TRAIN FLAGS...]   train into $CONVSERVE_RUN unless it already holds a finished run
 #   pipeline.sh export                   ONNX artifact + TorchServe archive, unless the archive exists
-#   pipeline.sh serve [SERVE FLAGS...]   TorchServe on 0.0.0.0:8080 with the archive
+#   pipeline.sh serve [SERVE FLAGS...]   TorchServe on 0.0.0.0:8080 with the archive, in the foreground;
+#                                        its run folder ($CONVSERVE_SERVE_DIR) holds logs and key_file.json
 # Finished outputs are reused, never overwritten: remove the volume (docker compose down -v) to start over.
 set -eu
 RUN="${CONVSERVE_RUN:-/data/runs/demo}"
@@ -10,6 +11,8 @@ ARTIFACT="${CONVSERVE_ARTIFACT:-/data/artifacts/demo}"
 STORE="${CONVSERVE_MODEL_STORE:-/data/model-store}"
 MODEL="${CONVSERVE_MODEL_NAME:-alexnet}"
 EXPORT_FORMAT="${CONVSERVE_EXPORT_FORMAT:-onnx}"
+SERVE_DIR="${CONVSERVE_SERVE_DIR:-/srv/torchserve}"
+cd /app
 
 report_accuracy() {
     python -c 'import json,sys; s=json.load(open(sys.argv[1])); print(f"trainer: final test top-1 {s[\"test_acc1\"]:.2f}% top-5 {s[\"test_acc5\"]:.2f}% ({sys.argv[1]})")' "$RUN/summary.json"
@@ -47,8 +50,10 @@ case "$step" in
         echo "export: $STORE/$MODEL.mar"
         ;;
     serve)
+        # A run folder left by an earlier container (a persistent volume) holds a stale server.json.
+        rm -f "$SERVE_DIR/server.json"
         exec python serving/serve.py --model-store "$STORE" --models "$MODEL=$MODEL.mar" \
-            --host 0.0.0.0 --port 8080 "$@"
+            --host 0.0.0.0 --port 8080 --run-dir "$SERVE_DIR" --foreground "$@"
         ;;
     *)
         echo "usage: pipeline.sh train|export|serve [FLAGS...]" >&2
