@@ -175,8 +175,10 @@ def test_compose_runs_the_pipeline_in_order():
     assert services["loadtest"]["profiles"] == ["loadtest"]
     assert "http://serve:8080/predictions/alexnet" in services["loadtest"]["command"]
     assert "digits" in services["trainer"]["command"]
-    volume = {v.split(":")[0] for s in ("trainer", "export", "serve") for v in services[s]["volumes"]}
-    assert volume == {"convserve-data"} and "convserve-data" in compose()["volumes"]
+    for name in ("trainer", "export", "serve"):
+        assert "convserve-data" in {v.split(":")[0] for v in services[name]["volumes"]}, name
+    assert "convserve-data:/data:ro" in services["serve"]["volumes"]
+    assert "convserve-data" in compose()["volumes"]
 
 
 def test_compose_publishes_inference_only_and_checks_real_readiness():
