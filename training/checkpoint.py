@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -68,7 +69,7 @@ class Checkpoint:
             "config": self.config,
             "metrics": self.metrics,
             "epoch": self.epoch,
-            "versions": self.versions or library_versions(),
+            "versions": {k: str(v) for k, v in (self.versions or library_versions()).items()},
             "model_state": self.model_state,
             "train_state": self.train_state,
         }
@@ -79,7 +80,12 @@ def library_versions() -> dict[str, str]:
 
     import torchvision
 
-    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version()}
+    # str(): torch.__version__ is a TorchVersion object, which weights_only loading refuses
+    return {
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "python": platform.python_version(),
+    }
 
 
 def save_checkpoint(ckpt: Checkpoint, path: Path, durable: bool = False) -> None:
@@ -127,10 +133,9 @@ def _read_payload(path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConvserveError(
-            f"{path} holds pickled Python objects and was refused (weights_only load): {first}"
-        ) from None
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        what = f"it references {found.group(1)}" if found else "it is not plain tensors and primitives"
+        raise ConvserveError(f"{path} holds pickled Python objects and was refused, never unpickled ({what})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise ConvserveError(f"{path} is not a readable checkpoint: {str(exc).splitlines()[0]}") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:

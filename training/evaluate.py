@@ -13,12 +13,12 @@ from training.checkpoint import load_checkpoint
 from training.config import DATASETS, DataConfig
 from training.data.registry import build_eval_split
 from training.engine.evaluate import evaluate
-from training.errors import ConvserveError, run_cli
+from training.errors import CliParser, ConvserveError, run_cli
 from training.models import model_from_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = CliParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--dataset", choices=DATASETS, help="default: the checkpoint's dataset")
     p.add_argument("--data-dir", type=Path, help="default: the checkpoint's data folder")

@@ -9,14 +9,12 @@ import argparse
 from pathlib import Path
 
 from training.config import ARCHS, DATASETS, load_config
-from training.errors import run_cli
+from training.errors import CliParser, run_cli
 from training.trainer import load_resume_config, run_training
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    p = CliParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", type=Path, help="YAML config; flags given here override it")
     p.add_argument("--model", choices=ARCHS)
     p.add_argument("--activation", choices=["relu", "sigmoid", "tanh", "gelu"])

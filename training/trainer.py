@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
+from training.analysis.plots import write_run_plots
 from training.checkpoint import Checkpoint, library_versions, link_checkpoint, load_checkpoint, save_checkpoint
 from training.config import TrainConfig, build_config, config_to_dict, dump_config
 from training.data import DataBundle, build_datasets
@@ -379,6 +380,7 @@ def run_training(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         summary = summarize(s, test, split, best, seconds, images, time.perf_counter() - wall_start)
         if info.is_main:
             RunRecorder.write_summary_to(run_dir, summary)
+            write_run_plots(run_dir)  # plots/: curves, confusion matrix, per-class accuracy
             _log(
                 info,
                 f" *   {split} Acc@1 {test.acc1:.3f} Acc@5 {test.acc5:.3f}  ({test.count} images, best epoch "

@@ -1,0 +1,162 @@
+"""The trainer as users run it: real subprocesses, the embedded digits dataset, real files on disk."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import PYTHON, REPO
+
+pytestmark = pytest.mark.slow
+
+
+def train(*args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(PYTHON), "training/train.py", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def test_run_folder_holds_everything_promised(digits_run):
+    run = digits_run("mlp", 2)
+    for name in ("config.yaml", "metrics.csv", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    rows = _metrics_rows(run)
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert {"train_loss", "val_loss", "train_acc1", "val_acc5", "lr", "epoch_seconds"} <= set(rows[0])
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("test_acc1", "test_acc5", "per_class_acc", "confusion_matrix", "best_epoch", "wall_time_s",
+                "images_per_s", "peak_rss_mb", "peak_gpu_mem_mb"):  # fmt: skip
+        assert key in summary, key
+    assert summary["peak_gpu_mem_mb"] is None and summary["peak_rss_mb"] > 100
+    assert set(summary["per_class_acc"]) == {str(d) for d in range(10)}
+    matrix = summary["confusion_matrix"]
+    assert sum(map(sum, matrix)) == summary["test_count"] == 270
+    correct = sum(matrix[i][i] for i in range(10))
+    assert abs(100 * correct / 270 - summary["test_acc1"]) < 1e-9
+    # best.pt is the best *validation* epoch
+    best_row = max(rows, key=lambda r: float(r["val_acc1"]))
+    assert summary["best_epoch"] == int(best_row["epoch"])
+    payload = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert payload["epoch"] == summary["best_epoch"] and payload["class_names"] == [str(d) for d in range(10)]
+
+
+def test_evaluate_cli_matches_the_summary(digits_run):
+    run = digits_run("mlp", 2)
+    out = subprocess.run([str(PYTHON), "training/evaluate.py", str(run / "checkpoints/best.pt"), "--json"],
+                         cwd=REPO, capture_output=True, text=True, check=True)  # fmt: skip
+    result = json.loads(out.stdout)
+    summary = json.loads((run / "summary.json").read_text())
+    assert result["count"] == 270 and abs(result["acc1"] - summary["test_acc1"]) < 1e-9
+    text = subprocess.run([str(PYTHON), "training/evaluate.py", str(run / "checkpoints/best.pt"), "--split", "val"],
+                          cwd=REPO, capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "Test: [" in text and " *   Acc@1 " in text and "Acc@5" in text and "per-class accuracy" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--model", "vgg"], "invalid choice: 'vgg'"),
+        (["--dataset", "imagenet21k"], "invalid choice: 'imagenet21k'"),
+        (["--lr", "0"], "optim.lr"),
+        (["--dataset", "imagefolder", "--data-dir", "/nonexistent/folder"], "/nonexistent/folder"),
+        (["--model", "alexnet", "--input-size", "32"], "at least 63 px"),
+        (["--resume"], "--resume needs --output-dir"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path):
+    proc = train(*args, "--epochs", "1", timeout=120) if "--resume" not in args else train(*args)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+def test_existing_run_is_never_overwritten(digits_run):
+    run = digits_run("mlp", 2)
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    proc = train("--model", "mlp", "--epochs", "1", "--output-dir", str(run), timeout=120)
+    assert proc.returncode == 2 and "already holds a run" in proc.stderr
+    assert before == {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("checkpoint", ["corrupt", "pickled", "other-arch"])
+def test_evaluate_refuses_bad_checkpoints(checkpoint, tmp_path, digits_run):
+    path = tmp_path / "x.pt"
+    if checkpoint == "corrupt":
+        good = (digits_run("mlp", 2) / "checkpoints/best.pt").read_bytes()
+        path.write_bytes(good[: len(good) // 2])
+        needle = "not"
+    elif checkpoint == "pickled":
+        torch.save({"format": "convserve.checkpoint/v1", "arch": Path("/etc")}, path)
+        needle = "pickled Python objects"
+    else:
+        path = digits_run("mlp", 2) / "checkpoints/best.pt"
+        needle = "is a mlp model, not alexnet"
+    if checkpoint == "other-arch":
+        cmd = [str(PYTHON), "-c", "from training.checkpoint import load_checkpoint as l; import sys; "
+               "from training.errors import run_cli; run_cli(lambda a: l(sys.argv[1], expected_arch='alexnet') and 0)",
+               str(path)]  # fmt: skip
+    else:
+        cmd = [str(PYTHON), "training/evaluate.py", str(path)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def _metrics_rows(run: Path) -> list[dict]:
+    try:
+        with open(run / "metrics.csv", newline="") as fh:
+            return list(csv.DictReader(fh))
+    except FileNotFoundError:
+        return []
+
+
+def _comparable(run: Path) -> tuple[dict, list[dict]]:
+    summary = json.loads((run / "summary.json").read_text())
+    keep = ("test_acc1", "test_acc5", "test_loss", "per_class_acc", "confusion_matrix", "best_epoch", "best_val_acc1")
+    rows = [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in _metrics_rows(run)]
+    return {k: summary[k] for k in keep}, rows
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
+    args = ["--model", "mlp", "--epochs", "5", "--batch-size", "8", "--deterministic", "--seed", "3"]
+    assert train(*args, "--output-dir", str(tmp_path / "straight")).returncode == 0
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([str(PYTHON), "training/train.py", *args, "--output-dir", str(killed)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while len(_metrics_rows(killed)) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
+    done = len(_metrics_rows(killed))
+    assert 2 <= done < 5
+    torch.load(killed / "checkpoints" / "last.pt", weights_only=True)  # intact after the kill
+    resumed = train("--resume", "--output-dir", str(killed))
+    assert resumed.returncode == 0, resumed.stderr
+    assert _comparable(killed) == _comparable(tmp_path / "straight")
+
+
+def test_torchrun_two_processes_evaluates_every_sample_once(tmp_path, digits_run):
+    single = json.loads((digits_run("mlp", 2) / "summary.json").read_text())
+    proc = subprocess.run(
+        [str(REPO / ".venv/bin/torchrun"), "--standalone", "--nproc_per_node", "2", "training/train.py",
+         "--model", "mlp", "--epochs", "2", "--output-dir", str(tmp_path / "ddp")],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ddp = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert ddp["world_size"] == 2
+    assert ddp["test_count"] == single["test_count"] == 270
+    assert sum(map(sum, ddp["confusion_matrix"])) == 270
+    assert ddp["test_acc1"] > 50  # it really trained (chance is 10%)
+    assert len(_metrics_rows(tmp_path / "ddp")) == 2  # only rank 0 wrote

@@ -1,0 +1,83 @@
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.checkpoint import Checkpoint, Preprocessing, load_checkpoint, save_checkpoint
+from training.errors import ConvserveError
+from training.models import build_model, model_from_checkpoint
+
+
+def _ckpt(arch: str = "mlp") -> Checkpoint:
+    model, options = build_model(arch, 3, 16 if arch == "mlp" else 64)
+    pre = Preprocessing(input_size=options["input_size"], resize_size=options["input_size"],
+                        mean=[0.5] * 3, std=[0.25] * 3, channels=1)  # fmt: skip
+    return Checkpoint(arch, 3, ["a", "b", "c"], pre, "relu", options, model.state_dict(), config={"seed": 1})
+
+
+def test_round_trip_rebuilds_the_same_model(tmp_path: Path):
+    ckpt = _ckpt()
+    save_checkpoint(ckpt, tmp_path / "x.pt")
+    loaded = load_checkpoint(tmp_path / "x.pt")
+    assert loaded.class_names == ["a", "b", "c"] and loaded.preprocessing == ckpt.preprocessing
+    model = model_from_checkpoint(loaded)
+    x = torch.randn(2, 3, 16, 16)
+    reference, _ = build_model("mlp", 3, 16)
+    reference.load_state_dict(ckpt.model_state)
+    torch.testing.assert_close(model(x), reference.eval()(x))
+
+
+def test_checkpoint_loads_with_plain_weights_only(tmp_path: Path):
+    save_checkpoint(_ckpt(), tmp_path / "x.pt")
+    payload = torch.load(tmp_path / "x.pt", weights_only=True)
+    assert payload["arch"] == "mlp" and payload["input_size"] == 16 and payload["mean"] == [0.5] * 3
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/convserve-pwned",))
+
+
+def test_pickled_objects_are_refused_and_never_run(tmp_path: Path):
+    marker = Path("/tmp/convserve-pwned")
+    marker.unlink(missing_ok=True)
+    torch.save({"format": "convserve.checkpoint/v1", "arch": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(ConvserveError, match="pickled"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", pickle.dumps({"a": 1})])
+def test_foreign_files_are_refused(tmp_path: Path, content: bytes):
+    (tmp_path / "x.pt").write_bytes(content)
+    with pytest.raises(ConvserveError, match="not a PyTorch checkpoint"):
+        load_checkpoint(tmp_path / "x.pt")
+
+
+def test_other_torch_files_are_refused(tmp_path: Path):
+    torch.save({"state_dict": {}}, tmp_path / "x.pt")
+    with pytest.raises(ConvserveError, match="not a convserve checkpoint"):
+        load_checkpoint(tmp_path / "x.pt")
+
+
+def test_architecture_mismatch_is_refused(tmp_path: Path):
+    save_checkpoint(_ckpt(), tmp_path / "x.pt")
+    with pytest.raises(ConvserveError, match="is a mlp model, not alexnet"):
+        load_checkpoint(tmp_path / "x.pt", expected_arch="alexnet")
+
+
+def test_a_failed_save_leaves_the_old_file_intact(tmp_path: Path, monkeypatch):
+    target = tmp_path / "last.pt"
+    save_checkpoint(_ckpt(), target)
+    before = target.read_bytes()
+
+    def explode(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", explode)
+    with pytest.raises(OSError):
+        save_checkpoint(_ckpt(), target)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

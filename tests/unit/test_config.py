@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+
+from training.config import build_config, dump_config, load_config, read_yaml
+from training.errors import ConvserveError
+
+
+def test_defaults_are_alexnet_on_digits():
+    cfg = build_config()
+    assert (cfg.model.arch, cfg.data.name) == ("alexnet", "digits")
+
+
+def test_cli_overrides_win_over_yaml(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 0.5\nrun:\n  epochs: 3\n")
+    cfg = load_config(path, {"lr": 0.1, "epochs": None, "model": "mlp"})
+    assert cfg.optim.lr == 0.1 and cfg.run.epochs == 3 and cfg.model.arch == "mlp"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        ({"lr": 0.0}, "optim.lr"),
+        ({"lr": -1.0}, "optim.lr"),
+        ({"model": "vgg"}, "model.arch"),
+        ({"dataset": "imagenet21k"}, "data.name"),
+        ({"batch_size": 0}, "run.batch_size"),
+        ({"name": "../escape"}, "run.name"),
+    ],
+)
+def test_bad_values_name_the_field(overrides, needle):
+    with pytest.raises(ConvserveError) as err:
+        build_config(None, overrides)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unknown_yaml_key_is_refused(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConvserveError, match="optim.learning_rate"):
+        load_config(path)
+
+
+def test_malformed_yaml_is_one_line(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim: [unclosed\n")
+    with pytest.raises(ConvserveError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_dumped_config_round_trips(tmp_path: Path):
+    cfg = build_config(None, {"model": "resnet18", "lr": 0.05, "output_dir": tmp_path / "run"})
+    dump_config(cfg, tmp_path / "config.yaml")
+    again = build_config(read_yaml(tmp_path / "config.yaml"))
+    assert again == cfg
+
+
+def test_shipped_presets_validate():
+    presets = sorted((Path(__file__).parents[2] / "training" / "configs").glob("*.yaml"))
+    assert presets, "expected preset configs in training/configs"
+    for path in presets:
+        load_config(path)

@@ -1,0 +1,1 @@
+"""Experiments and analysis: run plots, predictions on photos, checkpoint comparison, filters, sweeps, reports."""

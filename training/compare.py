@@ -1,0 +1,36 @@
+"""Compare two checkpoints on the same images: ``python training/compare.py CKPT_A CKPT_B [--split test] [--json]``.
+
+Both are evaluated on A's dataset split (same seed, same images), each with its own preprocessing; prints overall
+and per-class accuracy side by side and the images where their top-1 answers differ.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from training.analysis.compare_models import compare_checkpoints, format_comparison
+from training.errors import CliParser, run_cli
+
+
+def build_parser() -> CliParser:
+    p = CliParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint_a", type=Path)
+    p.add_argument("checkpoint_b", type=Path)
+    p.add_argument("--split", choices=["test", "val", "train"], default="test")
+    p.add_argument("--data-dir", type=Path, help="default: the data folder A was trained on")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--show", type=int, default=20, help="disagreements to list (text output)")
+    p.add_argument("--json", action="store_true", help="print machine-readable results only (all disagreements)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result = compare_checkpoints(args.checkpoint_a, args.checkpoint_b, args.split, args.data_dir, args.device)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_comparison(result, args.show))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

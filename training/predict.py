@@ -1,0 +1,44 @@
+"""Top-k classes for your own photos: ``python training/predict.py CKPT_OR_ARTIFACT IMAGE... [--topk 5] [--json]``.
+
+CKPT_OR_ARTIFACT: a checkpoint (.pt), a run folder (its checkpoints/best.pt) or an exported artifact folder.
+With ``--url http://HOST:8080/predictions/NAME`` the images go to TorchServe instead (then give only images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from training.analysis.predictor import format_predictions, open_predictor, predict_files
+from training.errors import CliParser, run_cli
+
+
+def build_parser() -> CliParser:
+    p = CliParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
+    p.add_argument("paths", nargs="+", type=Path, help="CKPT_OR_ARTIFACT IMAGE... (only IMAGE... with --url)")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--url", help="TorchServe predictions URL, e.g. http://localhost:8080/predictions/digits")
+    p.add_argument("--token", help="TorchServe inference key (sent as 'Authorization: Bearer KEY')")
+    p.add_argument("--json", action="store_true", help="print machine-readable results only")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    source, images = (None, args.paths) if args.url else (str(args.paths[0]), args.paths[1:])
+    if not images:
+        parser.error("give at least one IMAGE after the checkpoint or artifact")
+    predictions = predict_files(open_predictor(source, args.url, args.token), images, args.topk)
+    if args.json:
+        print(json.dumps([p.to_dict() for p in predictions], indent=2))
+    else:
+        print(format_predictions(predictions))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
