@@ -64,7 +64,7 @@ def _cell(value: Any, digits: int = 2) -> str:
         return "–"
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.{digits}f}"
-    return str(value).replace("|", "\\|")
+    return str(value).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def markdown_table(sweep: Sweep, rows: list[dict[str, Any]]) -> str:

@@ -103,7 +103,7 @@ def _command(root: Path, point: SweepPoint, config: Path, resume: bool) -> list[
 def _failure_reason(log_path: Path) -> str:
     lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error:")]
-    return (errors or lines or ["no output"])[-1][:300]
+    return (errors or lines or ["no output"])[-1].removeprefix("error: ")[:300]
 
 
 def _start(root: Path, outcome: PointOutcome, slot: str | None) -> _Running:

@@ -1,0 +1,257 @@
+"""Analysis commands on real small digits models: predict, compare, filters, run plots, sweep, report.
+
+The served-vs-local predict test is not here yet: it needs the TorchServe test helpers (see the report).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from tests.conftest import PYTHON, REPO
+from training.analysis.compare_models import compare_checkpoints
+from training.analysis.filters_viz import FILTER_TILE, MAP_TILE, grid_size, write_filter_pictures
+from training.analysis.reports import write_report
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.errors import ConvserveError
+
+pytestmark = pytest.mark.slow
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def cli(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(PYTHON), f"training/{script}", *map(str, args)],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout, env=dict(os.environ),
+    )  # fmt: skip
+
+
+def one_line_error(proc: subprocess.CompletedProcess, needle: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
+
+
+def test_every_run_gets_its_plots(digits_run):
+    run = digits_run("mlp", 2)
+    for stem in ("curves", "confusion_matrix", "per_class_acc"):
+        with Image.open(run / "plots" / f"{stem}.png") as img:
+            assert img.format == "PNG" and img.width > 300 and img.height > 200
+
+
+# ---------------------------------------------------------------- predict
+
+
+def test_predict_names_the_true_digit(digits_run, digit_images):
+    ckpt = digits_run("mlp", 2) / "checkpoints" / "best.pt"
+    proc = cli("predict.py", ckpt, *(p for p, _ in digit_images), "--topk", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    answers = json.loads(proc.stdout)
+    assert [a["image"] for a in answers] == [str(p) for p, _ in digit_images]
+    for answer in answers:
+        probs = [t["probability"] for t in answer["top"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    right = sum(a["top"][0]["label"] == str(label) for a, (_, label) in zip(answers, digit_images, strict=True))
+    summary = json.loads((ckpt.parents[1] / "summary.json").read_text())
+    assert summary["test_acc1"] > 70 and right >= 7, (right, summary["test_acc1"])
+
+
+def test_predict_reads_photos_in_any_mode_and_prints_a_table(digits_run, photos, tmp_path):
+    ckpt = digits_run("mlp", 2) / "checkpoints" / "best.pt"
+    rgba, cmyk = tmp_path / "logo.png", tmp_path / "cmyk.jpg"
+    with Image.open(photos["chelsea"]) as im:
+        im.convert("RGBA").save(rgba)
+        im.convert("CMYK").save(cmyk)
+    proc = cli("predict.py", ckpt, photos["camera"], rgba, cmyk, photos["chelsea"], "--topk", "2")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 4 * 3 and lines[0] == str(photos["camera"])
+    assert all(line.strip().startswith(("1. ", "2. ")) and line.endswith("%") for line in lines if line[0] == " ")
+
+
+def test_predict_bad_input_is_a_one_line_error(digits_run, tmp_path, digit_images):
+    ckpt = digits_run("mlp", 2) / "checkpoints" / "best.pt"
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    one_line_error(cli("predict.py", ckpt, text), "cannot decode image")
+    one_line_error(cli("predict.py", tmp_path / "missing.pt", digit_images[0][0]), "does not exist")
+    one_line_error(cli("predict.py", ckpt, tmp_path / "absent.png"), "cannot read image")
+
+
+# ---------------------------------------------------------------- compare
+
+
+def test_compare_with_itself_finds_no_disagreement(digits_run):
+    ckpt = digits_run("mlp", 2) / "checkpoints" / "best.pt"
+    proc = cli("compare.py", ckpt, ckpt, "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["disagreements"] == [] and result["count"] == 270
+    assert result["a"]["acc1"] == result["b"]["acc1"] and result["a"]["acc5"] == result["b"]["acc5"]
+    assert all(r["acc_a"] == r["acc_b"] for r in result["per_class"])
+    summary = json.loads((ckpt.parents[1] / "summary.json").read_text())
+    assert abs(result["a"]["acc1"] - summary["test_acc1"]) < 1e-9  # the same test split the trainer measured
+
+
+def test_compare_epoch_1_with_a_longer_run(digits_run):
+    short, longer = digits_run("mlp", 1), digits_run("mlp", 2)
+    c = compare_checkpoints(short / "checkpoints" / "best.pt", longer / "checkpoints" / "best.pt")
+    for side, run in ((c.a, short), (c.b, longer)):
+        assert abs(side.acc1 - json.loads((run / "summary.json").read_text())["test_acc1"]) < 1e-9
+    correct_a, correct_b = round(c.a.acc1 * c.count / 100), round(c.b.acc1 * c.count / 100)
+    # images only one model gets right account exactly for the difference in correct answers
+    assert c.b_right_a_wrong - c.a_right_b_wrong == correct_b - correct_a
+    assert len(c.disagreements) == c.a_right_b_wrong + c.b_right_a_wrong + c.both_wrong_differently
+    assert len(c.disagreements) >= abs(correct_b - correct_a) and c.disagreements
+    assert sum(r["count"] for r in c.per_class) == c.count == 270
+    d = c.disagreements[0]
+    assert d.top5_a[0][0] != d.top5_b[0][0] and len(d.top5_a) == 5 and 0 <= d.index < 270
+    text = cli("compare.py", short / "checkpoints" / "best.pt", longer / "checkpoints" / "best.pt", "--show", "2")
+    assert text.returncode == 0 and f"disagreements (top-1 differs): {len(c.disagreements)} of 270" in text.stdout
+
+
+def test_compare_refuses_models_of_different_classes(digits_run, tmp_path):
+    ckpt = load_checkpoint(digits_run("mlp", 2) / "checkpoints" / "best.pt")
+    ckpt.class_names = [f"class {k}" for k in range(10)]
+    other = tmp_path / "other.pt"
+    save_checkpoint(ckpt, other)
+    with pytest.raises(ConvserveError, match="different classes"):
+        compare_checkpoints(ckpt.path, other)
+    ckpt.dataset = "mnist"
+    save_checkpoint(ckpt, other)
+    one_line_error(cli("compare.py", digits_run("mlp", 2) / "checkpoints" / "best.pt", other), "different datasets")
+
+
+# ---------------------------------------------------------------- filters
+
+
+def test_filters_writes_a_grid_per_layer_and_the_feature_maps(digits_run, digit_images, tmp_path):
+    run = digits_run("alexnet", 1)
+    out = tmp_path / "filters"
+    written = write_filter_pictures(run / "checkpoints" / "best.pt", digit_images[0][0], n=6, output_dir=out)
+    convs = 5  # torchvision AlexNet
+    assert len(written) == convs + 1 + 1 + convs  # filters, layer 1 in RGB, the input, feature maps
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)
+    for path in written:
+        with Image.open(path) as img:
+            expected = (
+                grid_size(1, 2 * MAP_TILE) if path.name == "input.png"
+                else grid_size(6, MAP_TILE if path.name.startswith("maps_") else FILTER_TILE)
+            )  # fmt: skip
+            assert img.format == "PNG" and img.mode == "RGB" and img.size == expected, path.name
+    with pytest.raises(ConvserveError, match="already holds"):  # never overwritten silently
+        write_filter_pictures(run / "checkpoints" / "best.pt", n=6, output_dir=out)
+    assert len(write_filter_pictures(run / "checkpoints" / "best.pt", n=6, output_dir=out, force=True)) == convs + 1
+
+
+def test_filters_cli_default_folder_layers_and_errors(digits_run):
+    run = digits_run("alexnet", 1)
+    proc = cli("filters.py", run / "checkpoints" / "best.pt", "--layers", "2", "features.0", "--n", "3")
+    assert proc.returncode == 0, proc.stderr
+    folders = list((run / "filters").iterdir())
+    assert len(folders) == 1 and folders[0].name.startswith("best-")
+    assert sorted(p.name for p in folders[0].iterdir()) == [
+        "filters_01_features.0.png",
+        "filters_01_features.0_rgb.png",
+        "filters_02_features.3.png",
+    ]
+    one_line_error(cli("filters.py", run / "checkpoints" / "best.pt", "--layers", "9"), "no conv layer '9'")
+    one_line_error(cli("filters.py", digits_run("mlp", 2) / "checkpoints" / "best.pt"), "has no conv layers")
+
+
+# ---------------------------------------------------------------- sweep
+
+
+def read_rows(path: Path) -> dict[str, dict[str, str]]:
+    with open(path, newline="") as fh:
+        return {row["point"]: row for row in csv.DictReader(fh)}
+
+
+def test_sweep_runs_records_failures_skips_and_resumes(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "base": {
+                    "model": {"arch": "mlp"},
+                    "data": {"data_dir": str(tmp_path / "no-data")},
+                    "run": {"epochs": 1, "print_freq": 1000},
+                },  # fmt: skip
+                "grid": {"dataset": ["imagefolder", "digits"], "optim.lr": [0.01, 0.05]},
+            }
+        )
+    )
+    out = tmp_path / "sweep"
+    proc = cli("sweep.py", "--config", config, "--output-dir", out)
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # some points failed, the sweep went on
+    rows = read_rows(out / "results.csv")
+    done = ["dataset-digits_lr-0.01", "dataset-digits_lr-0.05"]
+    failed = ["dataset-imagefolder_lr-0.01", "dataset-imagefolder_lr-0.05"]
+    assert list(rows) == [*failed, *done]
+    for name in failed:
+        assert rows[name]["status"] == "failed" and "not found" in rows[name]["note"] and rows[name]["test_acc1"] == ""
+    for name in done:
+        summary = json.loads((out / name / "summary.json").read_text())
+        assert rows[name]["status"] == "done" and rows[name]["action"] == "ran"
+        assert float(rows[name]["test_acc1"]) == pytest.approx(summary["test_acc1"])
+        assert float(rows[name]["best_val_acc1"]) == pytest.approx(summary["best_val_acc1"])
+        assert rows[name]["epochs_done"] == "1" and float(rows[name]["wall_time_s"]) > 0
+        assert yaml.safe_load((out / name / "config.yaml").read_text())["optim"]["lr"] == float(rows[name]["optim.lr"])
+    table = (out / "results.md").read_text()
+    assert all(f"| {name} |" in table for name in rows)
+    for metric in ("val_acc1", "train_loss"):
+        with Image.open(out / "plots" / f"{metric}.png") as img:
+            assert img.format == "PNG"
+
+    # rerun: finished points are skipped, an interrupted one (no summary.json, last.pt kept) is resumed
+    stamp = (out / done[0] / "summary.json").stat().st_mtime_ns
+    (out / done[1] / "summary.json").unlink()
+    proc = cli("sweep.py", "--config", config, "--output-dir", out)
+    assert proc.returncode == 1
+    rows = read_rows(out / "results.csv")
+    assert rows[done[0]]["action"] == "skipped" and rows[done[0]]["status"] == "done"
+    assert (out / done[0] / "summary.json").stat().st_mtime_ns == stamp
+    assert rows[done[1]]["action"] == "resumed" and rows[done[1]]["status"] == "done"
+    assert (out / done[1] / "summary.json").is_file()
+    assert rows[failed[0]]["action"] == "ran" and rows[failed[0]]["status"] == "failed"  # retried, failed again
+    assert len(list((out / "stale").iterdir())) == 2  # the failed attempts' folders, moved aside, not deleted
+    assert "finished earlier, skipped" in proc.stdout
+
+
+def test_sweep_bad_config_is_a_one_line_error(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"base": {"model": {"arch": "mlp"}}, "grid": {"optim.learning_rate": [0.1]}}))
+    one_line_error(cli("sweep.py", "--config", config, "--output-dir", tmp_path / "s"), "optim.learning_rate")
+    assert not (tmp_path / "s").exists()
+
+
+# ---------------------------------------------------------------- report
+
+
+def test_report_embeds_the_plots_of_each_run(digits_run, tmp_path):
+    runs = [digits_run("mlp", 1), digits_run("mlp", 2)]
+    out = write_report(runs, tmp_path / "report.html")
+    html = out.read_text()
+    images = html.split('src="data:image/png;base64,')[1:]
+    assert len(images) == 3 * len(runs)
+    assert all(base64.b64decode(chunk.split('"', 1)[0]).startswith(PNG_SIGNATURE) for chunk in images)
+    for run in runs:
+        summary = json.loads((run / "summary.json").read_text())
+        assert str(run) in html and f"{summary['test_acc1']:.2f}" in html
+    assert html.count("<th>accuracy (%)</th>") == len(runs)  # a per-class table per run
+    eights = summary["confusion_matrix"][8]
+    assert f"<tr><td>8</td><td>{sum(eights)}</td><td>{eights[8]}</td>" in html
+    assert "http" not in html.split("<body>", 1)[1]  # self-contained: nothing fetched from elsewhere
+    with pytest.raises(ConvserveError, match="already exists"):
+        write_report(runs, out)
+    proc = cli("report.py", runs[0])
+    assert proc.returncode == 0 and (runs[0] / "report.html").is_file(), proc.stderr
