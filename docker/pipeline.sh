@@ -2,8 +2,9 @@
 # The container steps of the pipeline, each safe to run again (compose restarts one-shot services on `up`):
 #   pipeline.sh train [TRAIN FLAGS...]   train into $CONVSERVE_RUN unless it already holds a finished run
 #   pipeline.sh export                   ONNX artifact + TorchServe archive, unless the archive exists
-#   pipeline.sh serve [SERVE FLAGS...]   TorchServe on 0.0.0.0:8080 with the archive, in the foreground;
-#                                        its run folder ($CONVSERVE_SERVE_DIR) holds logs and key_file.json
+#   pipeline.sh serve [SERVE FLAGS...]   TorchServe with the archive, in the foreground, on
+#                                        $CONVSERVE_SERVE_HOST:$CONVSERVE_SERVE_PORT (0.0.0.0:8080); its run
+#                                        folder ($CONVSERVE_SERVE_DIR) holds logs and key_file.json
 # Finished outputs are reused, never overwritten: remove the volume (docker compose down -v) to start over.
 set -eu
 RUN="${CONVSERVE_RUN:-/data/runs/demo}"
@@ -53,7 +54,8 @@ case "$step" in
         # A run folder left by an earlier container (a persistent volume) holds a stale server.json.
         rm -f "$SERVE_DIR/server.json"
         exec python serving/serve.py --model-store "$STORE" --models "$MODEL=$MODEL.mar" \
-            --host 0.0.0.0 --port 8080 --run-dir "$SERVE_DIR" --foreground "$@"
+            --host "${CONVSERVE_SERVE_HOST:-0.0.0.0}" --port "${CONVSERVE_SERVE_PORT:-8080}" \
+            --run-dir "$SERVE_DIR" --foreground "$@"
         ;;
     *)
         echo "usage: pipeline.sh train|export|serve [FLAGS...]" >&2

@@ -128,10 +128,10 @@ def test_every_object_validates_against_the_kubernetes_schema(rendered, overlay,
 
 def test_the_validator_rejects_a_broken_object(rendered):
     deployment = copy.deepcopy(one(rendered["cpu"], "Deployment", "convserve-serve"))
-    pod_spec(deployment)["containers"][0]["ports"][0]["containerPort"] = "eighty"
+    pod_spec(deployment)["containers"][-1]["ports"][0]["containerPort"] = "eighty"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, KUBE_VERSIONS[-1], strict=True)
-    pod_spec(deployment)["containers"][0]["ports"][0]["containerPort"] = 8080
+    pod_spec(deployment)["containers"][-1]["ports"][0]["containerPort"] = 8080
     pod_spec(deployment)["containers"][0]["livenesProbe"] = {}  # a typo only strict validation catches
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, KUBE_VERSIONS[-1], strict=True)
@@ -215,12 +215,13 @@ def test_serving_wiring_hangs_together(rendered, overlay):
     secret = one(docs, "Secret", "convserve-inference-token")
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["config"]["configMap"]["name"] == config_map["metadata"]["name"]
-    env = {e["name"]: e for e in spec["containers"][0]["env"]}
-    assert env["CONVSERVE_INFERENCE_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
+    assert volumes["token"]["secret"]["secretName"] == secret["metadata"]["name"]
     claim = one(docs, "PersistentVolumeClaim", "convserve-data")["metadata"]["name"]
     assert volumes["data"]["persistentVolumeClaim"]["claimName"] == claim
     properties = config_map["data"]["config.properties"]
     assert "management_address=http://127.0.0.1:8081" in properties
+    mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
+    assert mounts["config"]["mountPath"] == "/app/serving/config.properties"  # where serve.py reads it
     assert all(d["metadata"].get("namespace") == "convserve" for d in docs if d["kind"] != "Namespace")
 
 
@@ -254,3 +255,31 @@ def test_gpu_overlay_asks_for_gpus_and_cpu_overlay_does_not(rendered):
         assert on_gpu[name] == "1", name
     images = {c["image"] for w in rendered["gpu"] if w["kind"] in WORKLOADS for c in all_containers(pod_spec(w))}
     assert images == {"convserve-serve:gpu", "convserve-train:gpu"}
+
+
+def properties_keys(path: Path) -> set[str]:
+    lines = (ln.strip() for ln in path.read_text().splitlines())
+    return {ln.split("=", 1)[0].strip() for ln in lines if ln and not ln.startswith("#")}
+
+
+def test_the_configmap_keeps_the_keys_of_servings_config():
+    assert properties_keys(K8S / "base" / "config.properties") == properties_keys(
+        ROOT / "serving" / "config.properties"
+    )
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_torchserve_listens_on_loopback_behind_the_token_gate(rendered, overlay):
+    spec = pod_spec(one(rendered[overlay], "Deployment", "convserve-serve"))
+    containers = {c["name"]: c for c in spec["containers"]}
+    torchserve, gate = containers["torchserve"], containers["token-gate"]
+    env = {e["name"]: e.get("value") for e in torchserve["env"]}
+    assert env["CONVSERVE_SERVE_HOST"] == "127.0.0.1" and not torchserve.get("ports")
+    upstream = gate["args"][gate["args"].index("--upstream") + 1]
+    assert upstream == f"http://127.0.0.1:{env['CONVSERVE_SERVE_PORT']}"
+    assert [p["containerPort"] for p in gate["ports"]] == [8080]
+    token_mount = next(m for m in gate["volumeMounts"] if m["name"] == "token")
+    token_file = gate["args"][gate["args"].index("--token-file") + 1]
+    assert token_file.startswith(token_mount["mountPath"] + "/") and token_mount["readOnly"]
+    assert "token" not in {m["name"] for m in torchserve["volumeMounts"]}
+    assert gate["readinessProbe"]["httpGet"]["path"] == "/gate/healthz"
