@@ -298,6 +298,9 @@ def test_decode_follows_serving_policies(tmp_path):
     assert torch.all(decode_rgb(tmp_path / "clear.png") == 255)
     Image.fromarray(data.coffee()[:30, :20]).save(tmp_path / "coffee.bmp")
     assert torch.equal(decode_rgb(tmp_path / "coffee.bmp"), torch.from_numpy(data.coffee()[:30, :20]).permute(2, 0, 1))
+    deep = data.camera()[:16, :24].astype(np.uint16) * 257  # 16-bit grayscale PNG: scaled, not clipped
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    assert torch.equal(decode_rgb(tmp_path / "deep.png"), torch.from_numpy(data.camera()[:16, :24]).expand(3, -1, -1))
 
 
 # --- ImageNet-style folders ----------------------------------------------------------------------------
