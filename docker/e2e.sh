@@ -167,9 +167,9 @@ serve() {
 
 predict() {
     local key
-    # A real digit from the dataset the model was trained on, made inside the image (sklearn is there).
+    # A real 8x8 digit of the embedded dataset, scaled as the trainer scales it; made inside the image.
     "${COMPOSE[@]}" exec -T serve python -c \
-        'import io,sys; from PIL import Image; from sklearn.datasets import load_digits; d=load_digits(); b=io.BytesIO(); Image.fromarray((d.images[7]*15).astype("uint8")).resize((64,64)).save(b,"PNG"); sys.stdout.buffer.write(b.getvalue()); print(d.target[7], file=sys.stderr)' \
+        'import io,sys; from PIL import Image; from sklearn.datasets import load_digits; d=load_digits(); b=io.BytesIO(); Image.fromarray((d.images[7]*255/16).round().astype("uint8")).save(b,"PNG"); sys.stdout.buffer.write(b.getvalue()); print(d.target[7], file=sys.stderr)' \
         >"$WORK/digit.png" 2>"$WORK/digit.label"
     key=$("${COMPOSE[@]}" exec -T serve python -c \
         'import json,os; print(json.load(open(os.environ["CONVSERVE_KEY_FILE"]))["inference"]["key"])')
