@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import os
 import pickle
 import shutil
 import socket
@@ -76,7 +77,7 @@ def _unpack_gz(raw: Path, names: list[str]) -> None:
         packed, target = raw / f"{name}.gz", raw / name
         if target.is_file() or not packed.is_file():
             continue
-        partial = target.with_name(f".{name}.partial")
+        partial = target.with_name(f".{name}.{os.getpid()}.partial")  # torchrun ranks may unpack at once
         try:
             with gzip.open(packed, "rb") as src, open(partial, "wb") as dst:
                 shutil.copyfileobj(src, dst)
