@@ -1,0 +1,51 @@
+"""Package an artifact folder as a TorchServe model archive.
+
+python serving/archive.py artifacts/alexnet-digits --model-name alexnet --export-path model_store --backend onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from serving.backends import BACKENDS
+from serving.model_archive import ARCHIVE_FORMATS, ArchiveSettings, build_archive
+from training.errors import run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("artifact_dir", type=Path, help="folder with model_card.json, index_to_name.json, model files")
+    p.add_argument("--model-name", default="alexnet", help="the name in /predictions/<name>")
+    p.add_argument("--export-path", type=Path, default=Path("model_store"), help="the model store folder")
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help="model file to ship (auto: onnx first)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing archive")
+    p.add_argument("--archive-format", choices=ARCHIVE_FORMATS, default="zip-store")
+    p.add_argument("--batch-size", type=int, default=4, help="TorchServe dynamic batching: max requests per batch")
+    p.add_argument("--max-batch-delay", type=int, default=50, help="ms to wait for a batch to fill")
+    p.add_argument("--min-workers", type=int, default=1)
+    p.add_argument("--max-workers", type=int, default=1)
+    p.add_argument("--response-timeout", type=int, default=60, help="seconds before TorchServe gives up on a batch")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads per worker (default: CPUs/workers)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = ArchiveSettings(
+        batch_size=args.batch_size,
+        max_batch_delay_ms=args.max_batch_delay,
+        min_workers=args.min_workers,
+        max_workers=max(args.max_workers, args.min_workers),
+        response_timeout_s=args.response_timeout,
+        threads=args.threads,
+    )
+    path = build_archive(
+        args.artifact_dir, args.model_name, args.export_path, args.backend, args.force, settings, args.archive_format
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,143 @@
+"""Inference backends behind one small interface: float32 (N, 3, S, S) batch in, (N, classes) logits out.
+
+- ``OnnxBackend``: ONNX Runtime; CUDA provider when a GPU is visible and asked for, else CPU. The input
+  name and dtype are read from the session (exporters name inputs differently; fp16 models take float16).
+- ``TorchScriptBackend``: ``torch.jit.load`` of model.ts.pt.
+- ``EagerBackend``: model.pt (our checkpoint) rebuilt with training's builders; needs the ``training``
+  package importable (the archive ships it when built with ``--backend eager``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from export.artifact import ModelCard, ModelFile
+from training.errors import ConvserveError
+
+# auto picks the first format the card lists, in this order
+AUTO_ORDER = ("onnx", "torchscript", "eager", "onnx-fp16", "onnx-int8")
+BACKENDS = ("auto", *AUTO_ORDER)
+
+
+class Backend(Protocol):
+    name: str
+    device: str
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+
+def default_threads() -> int:
+    """Intra-op threads when none are given: the CPUs this process may use, capped (more rarely helps)."""
+    return max(1, min(len(os.sched_getaffinity(0)), 8))
+
+
+class OnnxBackend:
+    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or default_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers: list = ["CPUExecutionProvider"]
+        if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            index = int(device.split(":")[1]) if ":" in device else 0
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
+            raise ConvserveError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from None
+        first = self.session.get_inputs()[0]
+        self.input_name = first.name
+        self.input_dtype = np.float16 if first.type == "tensor(float16)" else np.float32
+        self.name = "onnx"
+        self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        feed = batch.detach().cpu().numpy().astype(self.input_dtype, copy=False)
+        (logits,) = self.session.run(None, {self.input_name: feed})[:1]
+        return torch.from_numpy(np.asarray(logits, dtype=np.float32))
+
+
+class _TorchBackend:
+    name = "torch"
+
+    def __init__(self, model: torch.nn.Module, device: str, threads: int | None):
+        torch.set_num_threads(threads or default_threads())
+        self.device = device
+        self.model = model.to(device).eval()
+
+    @torch.inference_mode()
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model(batch.to(self.device)).float().cpu()
+
+
+class TorchScriptBackend(_TorchBackend):
+    name = "torchscript"
+
+    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None):
+        try:
+            model = torch.jit.load(str(path), map_location=device)
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise ConvserveError(f"cannot load TorchScript model {path}: {str(exc).splitlines()[0]}") from None
+        super().__init__(model, device, threads)
+
+
+class EagerBackend(_TorchBackend):
+    name = "eager"
+
+    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None):
+        try:
+            from training.checkpoint import load_checkpoint
+            from training.models import model_from_checkpoint
+        except ImportError as exc:
+            raise ConvserveError(f"the eager backend needs the convserve training package: {exc}") from None
+        super().__init__(model_from_checkpoint(load_checkpoint(path)), device, threads)
+
+
+def resolve_device(device: str | None) -> str:
+    """``None``/"auto": the first GPU when torch sees one, else the CPU."""
+    if device in (None, "auto"):
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def pick_model_file(card: ModelCard, backend: str) -> ModelFile:
+    if backend not in BACKENDS:
+        raise ConvserveError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    wanted = AUTO_ORDER if backend == "auto" else (backend,)
+    for fmt in wanted:
+        found = card.file(fmt)
+        if found is not None:
+            return found
+    listed = ", ".join(f.format for f in card.files) or "none"
+    raise ConvserveError(f"artifact {card.name!r} has no {backend} model file (formats listed: {listed})")
+
+
+def verify_model_file(folder: Path, model_file: ModelFile) -> Path:
+    """The file the card describes, byte for byte (a stale or damaged file is refused, not served)."""
+    path = Path(folder) / model_file.path
+    if not path.is_file():
+        raise ConvserveError(f"model file {path} listed in the card is missing")
+    if path.stat().st_size != model_file.size_bytes:
+        raise ConvserveError(f"{path} is {path.stat().st_size} bytes, the card says {model_file.size_bytes}")
+    with open(path, "rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    if digest != model_file.sha256:
+        raise ConvserveError(f"{path} does not match the sha256 in the card (file changed after export?)")
+    return path
+
+
+def load_backend(folder: Path, model_file: ModelFile, device: str, threads: int | None = None) -> Backend:
+    path = verify_model_file(folder, model_file)
+    if model_file.format.startswith("onnx"):
+        return OnnxBackend(path, device, threads)
+    if model_file.format == "torchscript":
+        return TorchScriptBackend(path, device, threads)
+    return EagerBackend(path, device, threads)
