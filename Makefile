@@ -4,9 +4,10 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEMO_DIR ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
+DEMO_NAME ?= demo-$(shell date +%Y%m%d-%H%M%S)
+PORT ?= 8080
 
-.PHONY: install demo test test-fast lint format clean-venv
+.PHONY: install demo serve test test-fast lint format clean-venv
 
 install: $(STAMP)
 
@@ -15,7 +16,14 @@ $(STAMP): pyproject.toml scripts/install.sh
 	touch $(STAMP)
 
 demo: install
-	bash scripts/demo.sh $(DEMO_DIR)
+	PORT=$(PORT) bash scripts/demo.sh $(DEMO_NAME)
+
+# Serve the newest demo's model in the foreground until Ctrl-C (run `make demo` first).
+serve: install
+	@store=$$(ls -td model_store/*/ 2>/dev/null | head -1); \
+	if [ -z "$$store" ]; then echo "error: no model_store/*/ yet: run make demo first" >&2; exit 2; fi; \
+	$(BIN)/python serving/serve.py --model-store "$$store" --models alexnet=alexnet.mar --port $(PORT) \
+		--run-dir logs/serve --foreground
 
 test: install
 	$(BIN)/ruff check .
