@@ -1,8 +1,11 @@
 """The artifact folder contract (export writes it, serving reads it).
 
-DIR/model.onnx | model.ts.pt | model.int8.onnx | model.fp16.onnx   (one or more)
+DIR/model.onnx | model.ts.pt | model.int8.onnx | model.fp16.onnx | model.pt   (one or more)
 DIR/model_card.json      ModelCard below: every preprocessing fact the server needs
 DIR/index_to_name.json   TorchServe's {"0": "label", ...}, labels unique
+
+One folder holds the exports of ONE source model: ``source_identity`` (the checkpoint's sha256, or for
+torchvision weights the sha256 of their tensors) decides whether an exporter may add its file to a folder.
 """
 
 from __future__ import annotations
@@ -20,6 +23,13 @@ CARD_SCHEMA = "convserve.model_card/v1"
 CARD_FILE = "model_card.json"
 INDEX_FILE = "index_to_name.json"
 ModelFormat = Literal["onnx", "torchscript", "onnx-int8", "onnx-fp16", "eager"]
+FILE_NAMES: dict[str, str] = {
+    "onnx": "model.onnx",
+    "onnx-int8": "model.int8.onnx",
+    "onnx-fp16": "model.fp16.onnx",
+    "torchscript": "model.ts.pt",
+    "eager": "model.pt",
+}
 
 
 class _Card(BaseModel):
@@ -41,11 +51,16 @@ class ParityReport(_Card):
     reference: str = "eager"
     images: int
     batch_sizes: list[int]
-    max_abs_prob_diff: float
-    top1_agreement: float  # fraction in [0, 1]
-    top5_agreement: float
+    max_abs_prob_diff: float  # softmax probabilities, exported vs eager, over all images and batch sizes
+    # fraction in [0, 1]; an image agrees when the exported top class is the eager one, or ties with it in the
+    # eager probabilities within ``tolerance`` (a random-weight model's near-uniform outputs)
+    top1_agreement: float
+    top5_agreement: float  # fraction of images with the same set of top-5 classes
     passed: bool
-    tolerance: float = 1e-4
+    tolerance: float = 1e-4  # max_abs_prob_diff allowed; 1.0 (int8): not judged, top-1 agreement decides
+    min_top1_agreement: float = 1.0
+    runtime: str | None = None  # e.g. "onnxruntime 1.31.1 CPUExecutionProvider", "torch.jit 2.14.1 cpu"
+    sources: dict[str, int] = {}  # where the images came from: {"digits test split": 64, "sample photos": 6}
 
 
 class ModelFile(_Card):
@@ -56,8 +71,9 @@ class ModelFile(_Card):
     opset: int | None = None
     dynamic_batch: bool = True
     parity: ParityReport | None = None
-    test_acc1: float | None = None  # on the checkpoint's test split, when it could be measured
+    test_acc1: float | None = None  # percent (as training's metrics) on the checkpoint's test split, when measured
     export_seconds: float | None = None
+    notes: list[str] = []
 
 
 class SourceCard(_Card):
@@ -68,6 +84,7 @@ class SourceCard(_Card):
     metrics: dict[str, float | int | None] = {}
     torchvision_weights: str | None = None
     random_weights: bool = False  # loudly true when torchvision weights could not be loaded
+    weights_sha256: str | None = None  # of the model's tensors (names, dtypes, shapes, bytes), any source
 
 
 class ModelCard(_Card):
@@ -83,9 +100,33 @@ class ModelCard(_Card):
     source: SourceCard = SourceCard()
     versions: dict[str, str] = {}
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    notes: list[str] = []  # warnings a reader must see (random weights, CPU-only checks)
 
     def file(self, fmt: ModelFormat) -> ModelFile | None:
         return next((f for f in self.files if f.format == fmt), None)
+
+    def with_file(self, entry: ModelFile) -> ModelCard:
+        """A copy listing ``entry`` in place of any earlier file of the same format."""
+        files = [f for f in self.files if f.format != entry.format] + [entry]
+        return self.model_copy(update={"files": sorted(files, key=lambda f: FILE_ORDER.index(f.format))})
+
+
+FILE_ORDER = list(FILE_NAMES)
+
+
+def source_identity(card: ModelCard) -> str | None:
+    """What makes two exports "of the same model": the checkpoint file's sha256, else the weights' sha256."""
+    return card.source.checkpoint_sha256 or card.source.weights_sha256
+
+
+def describe_file(folder: Path, path: str, fmt: ModelFormat, **fields) -> ModelFile:
+    """A ModelFile entry for ``folder/path`` with its sha256 and size measured from the file itself."""
+    import hashlib
+
+    full = Path(folder) / path
+    with open(full, "rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    return ModelFile(path=path, format=fmt, sha256=digest, size_bytes=full.stat().st_size, **fields)
 
 
 def unique_labels(names: list[str]) -> list[str]:
