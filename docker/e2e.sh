@@ -10,14 +10,14 @@
 # Settings (environment): BASE_IMAGE, TORCH_INDEX_URL, PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_TRUSTED_HOST,
 # PIP_FIND_LINKS (passed to the builds), CONVSERVE_WHEEL_DIRS (local PEP 503 indexes to serve to the builds,
 # default: /opt/pypi and /opt/pypi-more when present), CONVSERVE_E2E_PORT (host port, default 18080),
-# CONVSERVE_E2E_EPOCHS (default 2), CONVSERVE_E2E_WORK (scratch, default /tmp/convserve-e2e).
+# CONVSERVE_E2E_EPOCHS (default 3), CONVSERVE_E2E_WORK (scratch, default /tmp/convserve-e2e).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WORK="${CONVSERVE_E2E_WORK:-/tmp/convserve-e2e}"
 PROJECT="convserve-e2e"
 export CONVSERVE_PORT="${CONVSERVE_E2E_PORT:-18080}" CONVSERVE_BIND=127.0.0.1
-export CONVSERVE_EPOCHS="${CONVSERVE_E2E_EPOCHS:-2}" CONVSERVE_TAG="${CONVSERVE_TAG:-cpu}"
+export CONVSERVE_EPOCHS="${CONVSERVE_E2E_EPOCHS:-3}" CONVSERVE_TAG="${CONVSERVE_TAG:-cpu}"
 DEBIAN_BASE="convserve-base:bookworm-py311"
 STARTED_DOCKERD="" STARTED_MIRROR="" COMPOSE=()
 T0=$SECONDS
@@ -110,13 +110,17 @@ ensure_build_settings() {
     local dirs=() d
     for d in ${CONVSERVE_WHEEL_DIRS:-/opt/pypi /opt/pypi-more}; do [ -d "$d/simple" ] && dirs+=("$d"); done
     if [ ${#dirs[@]} -gt 0 ] && [ -z "${PIP_EXTRA_INDEX_URL:-}" ]; then
-        # Serve the local indexes over HTTP on loopback; builds use the host network to reach them.
-        local mirror="$WORK/mirror" port urls=""
-        mkdir -p "$mirror"
-        for d in "${dirs[@]}"; do ln -sfn "$d" "$mirror/$(basename "$d")"; done
-        port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-        python3 -m http.server "$port" --bind 127.0.0.1 --directory "$mirror" >"$WORK/mirror.log" 2>&1 &
-        STARTED_MIRROR=$!
+        # Serve the local indexes over HTTP on loopback; builds use the host network to reach them. A fixed
+        # port keeps the build args, and so Docker's layer cache, the same from one run to the next.
+        local mirror="$WORK/mirror" port="${CONVSERVE_E2E_MIRROR_PORT:-8765}" urls="" first
+        first="http://127.0.0.1:$port/$(basename "${dirs[0]}")/simple/"
+        if ! curl -sf --max-time 5 "$first" >/dev/null 2>&1; then
+            mkdir -p "$mirror"
+            for d in "${dirs[@]}"; do ln -sfn "$d" "$mirror/$(basename "$d")"; done
+            python3 -m http.server "$port" --bind 127.0.0.1 --directory "$mirror" >"$WORK/mirror.log" 2>&1 &
+            STARTED_MIRROR=$!
+            for _ in $(seq 1 20); do curl -sf --max-time 2 "$first" >/dev/null 2>&1 && break; sleep 0.5; done
+        fi
         for d in "${dirs[@]}"; do urls+="http://127.0.0.1:$port/$(basename "$d")/simple "; done
         export PIP_EXTRA_INDEX_URL="${urls% }" PIP_TRUSTED_HOST=127.0.0.1
         say "local wheel indexes for the builds: $PIP_EXTRA_INDEX_URL"
@@ -143,7 +147,7 @@ container_of() { "${COMPOSE[@]}" ps -q "$1" | head -1; }
 
 train() {
     say "docker compose up trainer"
-    "${COMPOSE[@]}" up --no-build trainer 2>&1 | tee "$WORK/trainer.log" | grep -E 'trainer: |error' || true
+    "${COMPOSE[@]}" up --no-build trainer 2>&1 | tee "$WORK/trainer.log" | grep -E 'epoch [0-9]+/|trainer: |error' || true
     local code
     code=$(docker inspect -f '{{.State.ExitCode}}' "$(container_of trainer)")
     [ "$code" = 0 ] || die "trainer exited with $code, see $WORK/trainer.log"

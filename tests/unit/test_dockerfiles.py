@@ -174,7 +174,8 @@ def test_compose_runs_the_pipeline_in_order():
     assert services["loadtest"]["depends_on"]["serve"]["condition"] == "service_healthy"
     assert services["loadtest"]["profiles"] == ["loadtest"]
     assert "http://serve:8080/predictions/alexnet" in services["loadtest"]["command"]
-    assert "digits" in services["trainer"]["command"]
+    config = services["trainer"]["command"][services["trainer"]["command"].index("--config") + 1]
+    assert yaml.safe_load((ROOT / config).read_text())["data"]["name"] == "digits"  # embedded, no download
     for name in ("trainer", "export", "serve"):
         assert "convserve-data" in {v.split(":")[0] for v in services[name]["volumes"]}, name
     assert "convserve-data:/data:ro" in services["serve"]["volumes"]
