@@ -187,8 +187,16 @@ predict() {
         --data-binary @"$WORK/digit.png" "http://127.0.0.1:$CONVSERVE_PORT/predictions/alexnet")
     [ "$unauthorized" = 401 ] || die "a request without the token got HTTP $unauthorized, not 401"
     say "without the token: HTTP 401"
-    curl -s --max-time 5 "http://127.0.0.1:8081/models" >/dev/null 2>&1 && die "management API answers on the host"
-    say "management API not reachable from the host"
+    # Management listens on the container's loopback only and is not published: neither the host's port
+    # mapping nor the container's own address on the compose network reaches it.
+    local id ip
+    id=$(container_of serve)
+    docker port "$id" | grep -q ':8081\|8081/' && die "the management port is published: $(docker port "$id")"
+    ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$id" | awk '{print $1}')
+    [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://$ip:8080/ping")" != 000 ] \
+        || die "inference port unreachable on $ip:8080, so the management check below would prove nothing"
+    curl -s --max-time 5 "http://$ip:8081/models" >/dev/null 2>&1 && die "management API answers on $ip:8081"
+    say "management API not reachable from the host (published: $(docker port "$id" | tr '\n' ' '))"
 }
 
 loadtest() {

@@ -2,6 +2,8 @@
 # The container steps of the pipeline, each safe to run again (compose restarts one-shot services on `up`):
 #   pipeline.sh train [TRAIN FLAGS...]   train into $CONVSERVE_RUN unless it already holds a finished run
 #   pipeline.sh export                   ONNX artifact + TorchServe archive, unless the archive exists
+#   pipeline.sh loadtest [LOADTEST FLAGS...]  serving/loadtest.py with real digit PNGs and the server's token
+#                                        (read from $CONVSERVE_KEY_FILE, the serve container's run folder)
 #   pipeline.sh serve [SERVE FLAGS...]   TorchServe with the archive, in the foreground, on
 #                                        $CONVSERVE_SERVE_HOST:$CONVSERVE_SERVE_PORT (0.0.0.0:8080); its run
 #                                        folder ($CONVSERVE_SERVE_DIR) holds logs and key_file.json
@@ -57,8 +59,29 @@ case "$step" in
             --host "${CONVSERVE_SERVE_HOST:-0.0.0.0}" --port "${CONVSERVE_SERVE_PORT:-8080}" \
             --run-dir "$SERVE_DIR" --foreground "$@"
         ;;
+    loadtest)
+        images=/tmp/loadtest-images
+        mkdir -p "$images"
+        python - "$images" <<'PY'
+import sys
+from pathlib import Path
+
+from PIL import Image
+from sklearn.datasets import load_digits
+
+digits = load_digits()
+for i in range(10):  # one real 8x8 digit per class, scaled 0..16 -> 0..255 as the trainer does
+    pixels = (digits.images[i] * 255 / 16).round().astype("uint8")
+    Image.fromarray(pixels).save(Path(sys.argv[1]) / f"digit-{digits.target[i]}.png")
+PY
+        if [ -z "${CONVSERVE_TOKEN:-}" ] && [ -f "${CONVSERVE_KEY_FILE:-}" ]; then
+            CONVSERVE_TOKEN=$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["inference"]["key"])' "$CONVSERVE_KEY_FILE")
+            export CONVSERVE_TOKEN
+        fi
+        exec python serving/loadtest.py --images "$images"/*.png "$@"
+        ;;
     *)
-        echo "usage: pipeline.sh train|export|serve [FLAGS...]" >&2
+        echo "usage: pipeline.sh train|export|serve|loadtest [FLAGS...]" >&2
         exit 2
         ;;
 esac
