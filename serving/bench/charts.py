@@ -1,0 +1,136 @@
+"""PNG charts of a benchmark run (matplotlib Agg: files only, never a window)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from serving.bench.comparisons import model_memory_mb  # noqa: E402
+from serving.bench.results import BenchmarkResults  # noqa: E402
+
+CHART_FILES = ("latency_by_backend.png", "throughput_vs_concurrency.png", "throughput_vs_batch.png", "memory.png")
+
+
+def _bars(ax, labels: list[str], series: dict[str, list[float | None]], ylabel: str, title: str) -> None:
+    width = 0.8 / max(1, len(series))
+    for i, (name, values) in enumerate(series.items()):
+        xs = [j + i * width for j in range(len(labels))]
+        ax.bar(xs, [v if v is not None else 0 for v in values], width, label=name)
+    ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(labels))], labels, rotation=20, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def latency_chart(res: BenchmarkResults, path: Path) -> None:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    names = [r.backend for r in res.inprocess]
+    _bars(
+        left,
+        names,
+        {
+            "model p50": [r.model_b1.p50_ms for r in res.inprocess],
+            "model p99": [r.model_b1.p99_ms for r in res.inprocess],
+            "end-to-end p50": [r.end_to_end_b1.p50_ms for r in res.inprocess],
+        },
+        "ms",
+        "In-process latency at batch 1",
+    )
+    if res.nominal_floor_ms:
+        left.axhline(res.nominal_floor_ms, color="k", ls="--", lw=1, label="weight-read floor (nominal)")
+        left.legend(fontsize=8)
+    labels = [f"{r.kind}\n{r.batching.label}" for r in res.served]
+    _bars(
+        right,
+        labels,
+        {
+            "p50": [r.latency_c1.latency.p50_ms for r in res.served],
+            "p99": [r.latency_c1.latency.p99_ms for r in res.served],
+        },
+        "ms",
+        "Through TorchServe, concurrency 1",
+    )
+    _save(fig, path, res)
+
+
+def throughput_concurrency_chart(res: BenchmarkResults, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in res.served:
+        points = sorted((x.concurrency, x.throughput_rps) for x in r.loads)
+        style = "--" if r.kind == "stock" else "-"
+        ax.plot(
+            [c for c, _ in points], [t for _, t in points], style, marker="o", label=f"{r.kind}, {r.batching.label}"
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(res.settings.concurrencies, [str(c) for c in res.settings.concurrencies])
+    ax.set_xlabel("concurrency (requests in flight)")
+    ax.set_ylabel("requests/s (2xx)")
+    ax.set_title("Throughput through TorchServe", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path, res)
+
+
+def throughput_batch_chart(res: BenchmarkResults, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in res.inprocess:
+        points = [(1, 1000.0 / r.model_b1.p50_ms if r.model_b1.p50_ms else None)]
+        points += [(p.batch_size, p.images_per_s) for p in r.throughput]
+        points = [(b, t) for b, t in points if t]
+        ax.plot([b for b, _ in points], [t for _, t in points], marker="o", label=r.backend)
+    ax.set_xscale("log", base=2)
+    sizes = [1, *res.settings.batch_sizes]
+    ax.set_xticks(sizes, [str(b) for b in sizes])
+    ax.set_xlabel("batch size (batch 1: 1 / p50)")
+    ax.set_ylabel("images/s (model only)")
+    ax.set_title("In-process throughput", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path, res)
+
+
+def memory_chart(res: BenchmarkResults, path: Path) -> None:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    _bars(
+        left,
+        [r.backend for r in res.inprocess],
+        {
+            "peak RSS": [r.peak_rss_mb for r in res.inprocess],
+            "model (peak − before load)": [model_memory_mb(r) for r in res.inprocess],
+        },
+        "MB",
+        "In-process memory (one process per backend)",
+    )
+    _bars(
+        right,
+        [f"{r.kind}\n{r.batching.label}" for r in res.served],
+        {
+            "worker RSS": [r.worker_rss_mb for r in res.served],
+            "worker peak": [r.worker_peak_rss_mb for r in res.served],
+        },
+        "MB",
+        "TorchServe worker memory",
+    )
+    _save(fig, path, res)
+
+
+def _save(fig, path: Path, res: BenchmarkResults) -> None:
+    fig.suptitle(f"{res.model.name} — {res.machine.cpu_model}, {res.machine.usable_cpus} CPUs", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_charts(res: BenchmarkResults, folder: Path) -> list[Path]:
+    folder = Path(folder)
+    makers = (latency_chart, throughput_concurrency_chart, throughput_batch_chart, memory_chart)
+    paths = []
+    for make, name in zip(makers, CHART_FILES, strict=True):
+        make(res, folder / name)
+        paths.append(folder / name)
+    return paths

@@ -1,0 +1,124 @@
+"""Process memory from the OS (Linux /proc): RSS and its peak per process, and TorchServe's process tree.
+
+TorchServe's launcher starts a java frontend, and the frontend starts one Python process per worker; the
+workers' memory is what a model costs, so each is read on its own (VmRSS now, VmHWM the peak since start).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+PROC = Path("/proc")
+
+
+class ProcessMemory(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pid: int
+    role: str  # "worker", "frontend", "self"
+    command: str
+    rss_mb: float | None  # VmRSS
+    peak_rss_mb: float | None  # VmHWM
+    threads: int | None = None
+
+
+def _status(pid: int) -> dict[str, str]:
+    try:
+        text = (PROC / str(pid) / "status").read_text()
+    except OSError:
+        return {}
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+
+def _kb_to_mb(value: str | None) -> float | None:
+    if not value:
+        return None
+    number, _, unit = value.strip().partition(" ")
+    return int(number) / 1024 if unit.strip().lower() == "kb" else None
+
+
+def process_memory(pid: int, role: str) -> ProcessMemory | None:
+    """VmRSS / VmHWM of ``pid``, or None when it is gone."""
+    status = _status(pid)
+    if not status:
+        return None
+    threads = status.get("Threads", "").strip()
+    return ProcessMemory(
+        pid=pid,
+        role=role,
+        command=command_line(pid) or status.get("Name", "").strip(),
+        rss_mb=_kb_to_mb(status.get("VmRSS")),
+        peak_rss_mb=_kb_to_mb(status.get("VmHWM")),
+        threads=int(threads) if threads.isdigit() else None,
+    )
+
+
+def command_line(pid: int, limit: int = 200) -> str:
+    try:
+        raw = (PROC / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:limit]
+
+
+def parent_map() -> dict[int, list[int]]:
+    """pid → its children's pids, from every /proc/<pid>/stat (field 4 is the parent)."""
+    children: dict[int, list[int]] = {}
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # the command (field 2) is in parentheses and may hold spaces: parse after the last ')'
+        fields = stat.rsplit(")", 1)[1].split()
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    return children
+
+
+def descendants(pid: int) -> list[int]:
+    tree = parent_map()
+    out, todo = [], list(tree.get(pid, []))
+    while todo:
+        child = todo.pop()
+        out.append(child)
+        todo.extend(tree.get(child, []))
+    return sorted(out)
+
+
+def is_java(pid: int) -> bool:
+    name = _status(pid).get("Name", "").strip()
+    return name == "java" or os.path.basename(command_line(pid).split(" ", 1)[0]) == "java"
+
+
+def torchserve_memory(launcher_pid: int) -> list[ProcessMemory]:
+    """The java frontend(s) under ``launcher_pid`` and the worker processes they started."""
+    tree = parent_map()
+    out: list[ProcessMemory] = []
+    todo = list(tree.get(launcher_pid, []))
+    frontends: list[int] = []
+    while todo:  # the launcher may sit between us and java (torchserve → java)
+        pid = todo.pop()
+        if is_java(pid):
+            frontends.append(pid)
+        else:
+            todo.extend(tree.get(pid, []))
+    for java in frontends:
+        found = process_memory(java, "frontend")
+        if found:
+            out.append(found)
+        for worker in sorted(tree.get(java, [])):
+            found = process_memory(worker, "worker")
+            if found:
+                out.append(found)
+    return out
+
+
+def own_peak_rss_mb() -> float | None:
+    """This process's peak RSS (VmHWM); ru_maxrss gives the same on Linux, in kB."""
+    found = process_memory(os.getpid(), "self")
+    return found.peak_rss_mb if found else None

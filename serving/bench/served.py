@@ -1,0 +1,144 @@
+"""Through TorchServe: per archive kind and batching setting, its own server: cold start, latency at
+concurrency 1, throughput at each concurrency, and the frontend's and workers' memory read from /proc.
+
+Kinds: ``onnx``, ``torchscript``, ``eager`` (convserve's handler, serving/handler.py) and ``stock`` (TorchServe's
+built-in image_classifier handler, see stock.py). Servers run one at a time, so they never compete for CPUs.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from export.artifact import read_card
+from serving.bench.loadgen import LoadPlan, LoadResult, Payload, run_load_sync
+from serving.bench.procfs import torchserve_memory
+from serving.bench.results import Batching, ServedResult, ServedSkip
+from serving.bench.stock import build_stock_archive, stock_unsupported
+from serving.model_archive import ArchiveSettings, build_archive
+from serving.torchserve_process import ServerSettings, TorchServeProcess, free_port
+from training.errors import ConvserveError
+
+STOCK = "stock"
+
+
+@dataclass
+class ServedPlan:
+    artifact: Path
+    payloads: list[Payload]
+    work_dir: Path
+    kinds: list[str] = field(default_factory=lambda: ["onnx", "torchscript", "eager", STOCK])
+    batchings: list[Batching] = field(
+        default_factory=lambda: [
+            Batching(batch_size=1, max_batch_delay_ms=0),
+            Batching(batch_size=8, max_batch_delay_ms=5),
+        ]
+    )
+    concurrencies: list[int] = field(default_factory=lambda: [1, 4, 16])
+    latency_requests: int = 300
+    load_duration_s: float = 20.0
+    warmup: int = 10
+    workers: int = 1
+    threads: int | None = None
+    startup_timeout_s: float = 300.0
+
+
+def archive_name(kind: str, batching: Batching) -> str:
+    return f"{kind}-b{batching.batch_size}"
+
+
+def build(plan: ServedPlan, kind: str, batching: Batching, store: Path) -> Path:
+    name = archive_name(kind, batching)
+    if kind == STOCK:
+        return build_stock_archive(plan.artifact, name, store, batching, plan.workers, force=True)
+    settings = ArchiveSettings(
+        batch_size=batching.batch_size,
+        max_batch_delay_ms=batching.max_batch_delay_ms,
+        min_workers=plan.workers,
+        max_workers=plan.workers,
+        threads=plan.threads,
+    )
+    return build_archive(plan.artifact, name, store, backend=kind, force=True, settings=settings)
+
+
+def _loads(plan: ServedPlan, url: str) -> list[LoadResult]:
+    """Concurrency 1 bounded by count (latency), the others by time (throughput); each capped in time."""
+    out = []
+    for concurrency in plan.concurrencies:
+        if concurrency == 1:
+            load = LoadPlan(url, plan.payloads, 1, requests=plan.latency_requests, duration_s=plan.load_duration_s * 3)
+        else:
+            load = LoadPlan(url, plan.payloads, concurrency, duration_s=plan.load_duration_s)
+        load.warmup = max(plan.warmup, 2 * concurrency)
+        load.timeout_s = 120.0
+        load.max_duration_s = plan.load_duration_s * 3 + 120.0
+        out.append(run_load_sync(load))
+    return out
+
+
+def serve_one(plan: ServedPlan, kind: str, batching: Batching, archive: Path) -> ServedResult:
+    name = archive.stem
+    settings = ServerSettings(
+        model_store=archive.parent,
+        models={name: archive.name},
+        port=free_port(),
+        management_port=free_port(),
+        metrics_port=free_port(),
+        run_dir=plan.work_dir / "servers" / name,
+        startup_timeout=plan.startup_timeout_s,
+    )
+    with TorchServeProcess(settings) as server:
+        loads = _loads(plan, server.predictions_url(name))
+        memory = torchserve_memory(server.proc.pid)
+        cold_start = server.startup_seconds
+    errors: Counter = Counter()
+    for load in loads:
+        errors.update(load.errors)
+    c1 = next((r for r in loads if r.concurrency == 1), loads[0])
+    return ServedResult(
+        kind=kind,
+        handler="stock image_classifier" if kind == STOCK else "convserve",
+        batching=batching,
+        workers=plan.workers,
+        archive_mb=archive.stat().st_size / 2**20,
+        cold_start_s=cold_start,
+        latency_c1=c1,
+        loads=loads,
+        memory=memory,
+        errors=dict(sorted(errors.items())),
+    )
+
+
+def measure_served(plan: ServedPlan, say: Callable[[str], None] = print) -> tuple[list[ServedResult], list[ServedSkip]]:
+    store = plan.work_dir / "model_store"
+    results: list[ServedResult] = []
+    skipped: list[ServedSkip] = []
+    for kind in plan.kinds:
+        if kind == STOCK and (reason := stock_unsupported(read_card(plan.artifact))):
+            say(f"served {kind}: skipped: {reason}")
+            skipped.append(ServedSkip(kind=kind, reason=reason))
+            continue
+        for batching in plan.batchings:
+            label = f"{kind} ({batching.label})"
+            try:
+                archive = build(plan, kind, batching, store)
+                say(f"served {label}: starting TorchServe")
+                result = serve_one(plan, kind, batching, archive)
+            except ConvserveError as exc:  # ServerStartError included: the reason comes from the server's log
+                say(f"served {label}: skipped: {exc}")
+                skipped.append(ServedSkip(kind=kind, batching=batching, reason=str(exc).splitlines()[0]))
+                continue
+            say(f"served {label}: {_summary(result)}")
+            results.append(result)
+    return results, skipped
+
+
+def _summary(result: ServedResult) -> str:
+    lat = result.latency_c1.latency
+    rates = ", ".join(f"c{r.concurrency} {r.throughput_rps:.1f}/s" for r in result.loads)
+    rss = result.worker_rss_mb
+    p50 = f"p50 {lat.p50_ms:.1f} ms" if lat.count else "no successful answer"
+    mem = f", worker RSS {rss:.0f} MB" if rss is not None else ""
+    return f"cold start {result.cold_start_s:.1f} s, {p50}, {rates}{mem}, errors {result.errors or 'none'}"

@@ -1,0 +1,283 @@
+"""One benchmark run: export the model once, measure every backend in-process and through TorchServe on the
+same real JPEGs, judge the targets, write results.json, results.md and the PNG charts.
+
+Order: images → artifact (exported with the exporter's own pipeline, or given) → in-process, one fresh process
+per backend, eager first → TorchServe, one server at a time → ratios, targets → files. Nothing runs in parallel:
+every measurement has the machine to itself (as far as this run is concerned).
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from export.artifact import ModelCard, read_card
+from serving.backends import AUTO_ORDER, resolve_device
+from serving.bench.charts import write_charts
+from serving.bench.comparisons import NOMINAL_READ_GBS, evaluate
+from serving.bench.inprocess import InProcessSpec, measure_isolated
+from serving.bench.loadgen import read_payloads
+from serving.bench.machine import describe_machine, load_average
+from serving.bench.results import (
+    BASELINE,
+    Batching,
+    BenchmarkResults,
+    ImageInfo,
+    InProcessFailure,
+    InProcessResult,
+    ModelInfo,
+    RunSettings,
+)
+from serving.bench.served import STOCK, ServedPlan, measure_served
+from serving.bench.tables import render_markdown
+from training.checkpoint import load_checkpoint
+from training.errors import ConvserveError
+
+# scikit-image's bundled colour photos (the stock handler cannot take grayscale): 300 to 640 px, real JPEGs
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+OUTPUT_FILES = ("results.json", "results.md")
+STAGES = ("inprocess", "served")
+
+
+@dataclass
+class BenchmarkOptions:
+    output_dir: Path
+    checkpoint: Path | None = None
+    torchvision: str | None = None
+    artifact: Path | None = None  # an existing artifact folder: no export
+    work_dir: Path | None = None  # kept when given (exports reused by a later run); else a temporary folder
+    quick: bool = False
+    force: bool = False
+    device: str = "auto"
+    threads: int | None = None
+    formats: list[str] | None = None  # export formats; None: onnx, torchscript, onnx-int8 (+ onnx-fp16 on GPU)
+    backends: list[str] | None = None  # in-process subset; None: every file the artifact has
+    served_kinds: list[str] = field(default_factory=lambda: ["onnx", "torchscript", "eager", STOCK])
+    batchings: list[Batching] | None = None
+    concurrencies: list[int] | None = None
+    iterations: int | None = None
+    load_duration_s: float | None = None
+    latency_requests: int | None = None
+    workers: int = 1
+    stages: tuple[str, ...] = STAGES
+    command: str = "python serving/benchmark.py"
+
+
+def run_settings(opts: BenchmarkOptions, device: str) -> RunSettings:
+    """Defaults of a full or a quick run, with the options' overrides."""
+    quick = opts.quick
+    no_batching, batching = Batching(batch_size=1, max_batch_delay_ms=0), Batching(batch_size=8, max_batch_delay_ms=5)
+    return RunSettings(
+        quick=quick,
+        device=device,
+        threads=opts.threads,
+        iterations=opts.iterations or (10 if quick else 200),
+        warmup=2 if quick else 20,
+        batch_sizes=[8] if quick else [8, 32, 64],
+        concurrencies=opts.concurrencies or ([1, 4] if quick else [1, 4, 16]),
+        load_duration_s=opts.load_duration_s or (1.5 if quick else 20.0),
+        latency_requests=opts.latency_requests or (10 if quick else 300),
+        batchings=opts.batchings or ([batching] if quick else [no_batching, batching]),
+        served_kinds=opts.served_kinds,
+        workers=opts.workers,
+    )
+
+
+def write_photos(folder: Path) -> tuple[list[Path], list[ImageInfo]]:
+    from skimage import data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, infos = [], []
+    for name in PHOTOS:
+        array = getattr(data, name)()
+        buf = io.BytesIO()
+        Image.fromarray(array).save(buf, format="JPEG", quality=90)
+        path = folder / f"{name}.jpg"
+        path.write_bytes(buf.getvalue())
+        paths.append(path)
+        infos.append(ImageInfo(name=path.name, bytes=len(buf.getvalue()), width=array.shape[1], height=array.shape[0]))
+    return paths, infos
+
+
+def default_formats(device: str) -> list[str]:
+    return ["onnx", "torchscript", "onnx-int8", *(["onnx-fp16"] if device.startswith("cuda") else [])]
+
+
+def export_artifact(opts: BenchmarkOptions, folder: Path, formats: list[str], images: list[Path], say) -> list[str]:
+    """Export with the exporter's pipeline (parity checked); an int8 file failing parity is dropped, said in notes."""
+    from export.parity import ParityError
+    from export.pipeline import ExportRequest, run_export
+    from export.sources import checkpoint_source, torchvision_source
+
+    source = torchvision_source(opts.torchvision) if opts.torchvision else checkpoint_source(opts.checkpoint)
+    try:
+        existing = read_card(folder)
+    except ConvserveError:
+        existing = None
+    if existing and existing.source.weights_sha256 == source.card.weights_sha256:
+        missing = [f for f in formats if existing.file(f) is None]
+        if not missing:
+            say(f"artifact {folder}: reusing the earlier export ({', '.join(formats)})")
+            return []
+    request = ExportRequest(formats=formats, output_dir=folder, force=True, check_images=images, test_accuracy=False)
+    try:
+        run_export(source, request)
+        return []
+    except ParityError as exc:
+        if "onnx-int8" not in formats:
+            raise ConvserveError(f"export failed its parity check: {exc}") from None
+        reason = str(exc)
+    request.formats = [f for f in formats if f != "onnx-int8"]
+    run_export(source, request)
+    return [f"onnx-int8 was not benchmarked: its export failed the exporter's parity check ({reason})"]
+
+
+def model_info(card: ModelCard, folder: Path, source: str) -> ModelInfo:
+    eager = card.file("eager")
+    if eager is None:
+        raise ConvserveError(f"artifact {folder} has no eager model file (model.pt): the baseline needs it")
+    state = load_checkpoint(folder / eager.path).model_state
+    params = sum(t.numel() for k, t in state.items() if t.is_floating_point() and not k.endswith("running_var"))
+    return ModelInfo(
+        name=card.name,
+        arch=card.arch,
+        num_classes=card.num_classes,
+        input_size=card.preprocessing.input_size,
+        resize_size=card.preprocessing.resize_size,
+        source=source,
+        random_weights=card.source.random_weights,
+        parameters=params,
+        fp32_weights_mb=params * 4 / 1e6,
+    )
+
+
+def inprocess_backends(card: ModelCard, wanted: list[str] | None) -> list[str]:
+    present = [f.format for f in card.files]
+    order = [BASELINE, *[f for f in AUTO_ORDER if f != BASELINE]]
+    chosen = [f for f in order if f in present and (wanted is None or f in wanted)]
+    if BASELINE not in chosen:
+        chosen.insert(0, BASELINE)  # ratios need the baseline
+    return chosen
+
+
+def measure_inprocess(
+    folder: Path, backends: list[str], images: list[Path], s: RunSettings, say
+) -> tuple[list[InProcessResult], list[InProcessFailure]]:
+    results, failures = [], []
+    for backend in backends:
+        spec = InProcessSpec(
+            artifact=str(folder),
+            backend=backend,
+            images=[str(p) for p in images],
+            device=s.device,
+            threads=s.threads,
+            iterations=s.iterations,
+            warmup=s.warmup,
+            batch_sizes=s.batch_sizes,
+            batch_iterations=3 if s.quick else 20,
+            budget_s=2.0 if s.quick else 20.0,
+        )
+        say(f"in-process {backend}: measuring in a fresh process")
+        found = measure_isolated(spec)
+        if isinstance(found, InProcessFailure):
+            say(f"in-process {backend}: FAILED: {found.error}")
+            failures.append(found)
+        else:
+            say(
+                f"in-process {backend}: model p50 {found.model_b1.p50_ms:.2f} ms, end-to-end p50 "
+                f"{found.end_to_end_b1.p50_ms:.2f} ms, peak RSS {found.peak_rss_mb:.0f} MB"
+            )
+            results.append(found)
+    return results, failures
+
+
+def check_output_dir(opts: BenchmarkOptions) -> None:
+    existing = [opts.output_dir / name for name in OUTPUT_FILES if (opts.output_dir / name).exists()]
+    if existing and not opts.force:
+        raise ConvserveError(f"{existing[0]} exists; pass --force to overwrite the results in {opts.output_dir}")
+    if (opts.checkpoint is None) + (opts.torchvision is None) + (opts.artifact is None) != 2:
+        raise ConvserveError("give exactly one of --checkpoint, --torchvision or --artifact")
+    if opts.checkpoint is not None and not Path(opts.checkpoint).is_file():
+        raise ConvserveError(f"checkpoint {opts.checkpoint} does not exist")
+    unknown = [s for s in opts.stages if s not in STAGES]
+    if unknown:
+        raise ConvserveError(f"unknown stage {unknown[0]!r}; choose from {', '.join(STAGES)}")
+
+
+def run_benchmark(opts: BenchmarkOptions, say: Callable[[str], None] = print) -> BenchmarkResults:
+    check_output_dir(opts)
+    started = time.perf_counter()
+    device = resolve_device(None if opts.device == "auto" else opts.device)
+    settings = run_settings(opts, device)
+    machine = describe_machine()
+    say(f"machine: {machine.cpu_model}, {machine.usable_cpus} CPUs, load average {machine.load_average}")
+    work = Path(opts.work_dir) if opts.work_dir else Path(tempfile.mkdtemp(prefix="convserve-bench-"))
+    try:
+        return _run(opts, settings, machine, work, started, say)
+    finally:
+        if opts.work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(opts, settings: RunSettings, machine, work: Path, started: float, say) -> BenchmarkResults:
+    images, infos = write_photos(work / "images")
+    notes: list[str] = []
+    if opts.artifact is not None:
+        folder, source = Path(opts.artifact), f"artifact {opts.artifact}"
+    else:
+        folder = work / "artifact"
+        source = f"torchvision:{opts.torchvision}" if opts.torchvision else str(opts.checkpoint)
+        notes += export_artifact(opts, folder, opts.formats or default_formats(settings.device), images, say)
+    card = read_card(folder)
+    model = model_info(card, folder, source)
+    results = BenchmarkResults(
+        command=opts.command,
+        model=model,
+        artifact=str(folder),
+        images=infos,
+        machine=machine,
+        settings=settings,
+        # MB / (GB/s) = ms: the time to read every fp32 weight once
+        weight_read_floor_ms=model.fp32_weights_mb / machine.memory_read_gbs if machine.memory_read_gbs else None,
+        nominal_floor_ms=model.fp32_weights_mb / NOMINAL_READ_GBS,
+        notes=notes + card.notes,
+    )
+    if "inprocess" in opts.stages:
+        found, failed = measure_inprocess(folder, inprocess_backends(card, opts.backends), images, settings, say)
+        results = results.model_copy(update={"inprocess": found, "inprocess_failures": failed})
+    if "served" in opts.stages:
+        plan = ServedPlan(
+            artifact=folder,
+            payloads=read_payloads(images),
+            work_dir=work,
+            kinds=settings.served_kinds,
+            batchings=settings.batchings,
+            concurrencies=settings.concurrencies,
+            latency_requests=settings.latency_requests,
+            load_duration_s=settings.load_duration_s,
+            warmup=2 if settings.quick else 10,
+            workers=settings.workers,
+            threads=settings.threads,
+        )
+        served, skipped = measure_served(plan, say)
+        results = results.model_copy(update={"served": served, "served_skipped": skipped})
+    machine = results.machine.model_copy(update={"load_average_end": load_average()})
+    results = results.model_copy(update={"machine": machine, "wall_s": time.perf_counter() - started})
+    return evaluate(results)
+
+
+def write_results(results: BenchmarkResults, folder: Path) -> list[Path]:
+    """results.json (validated on the way out), results.md and the charts."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    checked = BenchmarkResults.model_validate_json(results.model_dump_json())
+    (folder / "results.json").write_text(checked.model_dump_json(indent=1) + "\n")
+    (folder / "results.md").write_text(render_markdown(checked))
+    return [folder / "results.json", folder / "results.md", *write_charts(checked, folder)]

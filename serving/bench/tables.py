@@ -1,0 +1,198 @@
+"""results.md: the benchmark's tables in Markdown (machine, targets, in-process, served, ratios)."""
+
+from __future__ import annotations
+
+from serving.bench.comparisons import model_memory_mb
+from serving.bench.results import BenchmarkResults, Ratio
+
+
+def _f(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines + [""]
+
+
+def machine_section(res: BenchmarkResults) -> list[str]:
+    m = res.machine
+    versions = ", ".join(f"{k} {v}" for k, v in m.versions.items())
+    threads = f"torch intra-op {m.torch_threads}, inter-op {m.torch_interop_threads}"
+    env = ", ".join(f"{k}={v}" for k, v in m.thread_env.items()) or "no thread variables set"
+    end = f"; at the end {', '.join(map(str, m.load_average_end))}" if m.load_average_end else ""
+    return [
+        "## Machine",
+        "",
+        f"- CPU: {m.cpu_model}, {m.logical_cpus} logical CPUs ({m.usable_cpus} usable), {m.ram_gb} GB RAM"
+        + (f", GPU {m.gpu}" if m.gpu else ", no GPU"),
+        f"- **Load average (1, 5, 15 min) at the start: {', '.join(map(str, m.load_average))}{end}**",
+        f"- Memory read bandwidth (torch.sum over 256 MB, best of 5): {_f(m.memory_read_gbs, 2)} GB/s",
+        f"- Threads: {threads}; {env}; backends use {res.settings.threads or 'their default'} intra-op threads",
+        f"- Python {m.python}; {versions}; {m.java or 'java unknown'}",
+        f"- {m.platform}",
+        "",
+    ]
+
+
+def header_section(res: BenchmarkResults) -> list[str]:
+    mdl, s = res.model, res.settings
+    images = ", ".join(f"{i.name} ({i.width}x{i.height}, {i.bytes // 1024} kB)" for i in res.images)
+    lines = [
+        f"# Benchmark: {mdl.name} ({mdl.arch}, {mdl.input_size} px, {mdl.num_classes} classes)",
+        "",
+        f"- Run {res.created_at}, {res.wall_s / 60:.1f} min{' (QUICK mode: few iterations)' if s.quick else ''}",
+        f"- Command: `{res.command}`",
+        f"- Model: {mdl.source}; {mdl.parameters / 1e6:.1f} M parameters, {mdl.fp32_weights_mb:.0f} MB fp32"
+        + (
+            " — RANDOM WEIGHTS (no download here; timings do not depend on weight values)" if mdl.random_weights else ""
+        ),
+        f"- Images: {images} (JPEG, cycled)",
+        f"- In-process: {s.iterations} iterations at batch 1 after {s.warmup} warm-up, batches {s.batch_sizes}; "
+        f"device {s.device}",
+        f"- Served: concurrency {s.concurrencies}, {s.latency_requests} requests at concurrency 1, "
+        f"{s.load_duration_s:g} s per other concurrency, {s.workers} worker(s); batching: "
+        + ", ".join(b.label for b in s.batchings),
+        "",
+    ]
+    return lines + [f"> {note}" for note in res.notes] + ([""] if res.notes else [])
+
+
+def targets_section(res: BenchmarkResults) -> list[str]:
+    rows = []
+    for t in res.targets:
+        verdict = "not measured" if t.met is None else ("**met**" if t.met else "**missed**")
+        rows.append([t.target, _f(t.measured, 2), f"{t.threshold:g}", verdict, t.detail])
+    return ["## Targets", "", *_table(["target", "measured", "threshold", "verdict", "detail"], rows)]
+
+
+def inprocess_section(res: BenchmarkResults) -> list[str]:
+    if not res.inprocess and not res.inprocess_failures:
+        return []
+    sizes = res.settings.batch_sizes
+    header = ["backend", "file MB", "load s", "model p50", "p90", "p99", "end-to-end p50", "decode p50"]
+    header += ["preprocess p50", *[f"b{b} img/s" for b in sizes], "peak RSS MB", "model MB", "p50 vs eager"]
+    ratios = {(r.subject, r.metric): r.value for r in res.ratios if r.stage == "inprocess"}
+    rows = []
+    for r in res.inprocess:
+        rates = {p.batch_size: p.images_per_s for p in r.throughput}
+        rows.append(
+            [
+                r.backend,
+                _f(r.model_file_mb),
+                _f(r.load_s, 2),
+                _f(r.model_b1.p50_ms, 2),
+                _f(r.model_b1.p90_ms, 2),
+                _f(r.model_b1.p99_ms, 2),
+                _f(r.end_to_end_b1.p50_ms, 2),
+                _f(r.decode.p50_ms, 2),
+                _f(r.preprocess.p50_ms, 2),
+                *[_f(rates.get(b)) for b in sizes],
+                _f(r.peak_rss_mb, 0),
+                _f(model_memory_mb(r), 0),
+                _f(ratios.get((r.backend, "model_b1_p50_ms")), 2),
+            ]
+        )
+    lines = [
+        "## In-process (each backend in its own fresh process)",
+        "",
+        "Latencies in ms. *model*: the backend call on a ready batch-1 tensor; *end-to-end*: JPEG bytes → top-5 "
+        "(decode + preprocess + model + softmax/top-k); *decode* / *preprocess*: those steps alone. *model MB*: "
+        "peak RSS minus the RSS before loading (interpreter, torch and onnxruntime already imported).",
+        "",
+        *_table(header, rows),
+    ]
+    gpu = [r for r in res.inprocess if r.peak_gpu_mb is not None]
+    if gpu:
+        lines += [f"Peak GPU memory: {', '.join(f'{r.backend} {r.peak_gpu_mb:.0f} MB' for r in gpu)}", ""]
+    for f in res.inprocess_failures:
+        lines += [f"- {f.backend} FAILED: {f.error}"]
+    return lines + ([""] if res.inprocess_failures else [])
+
+
+def served_section(res: BenchmarkResults) -> list[str]:
+    if not res.served and not res.served_skipped:
+        return []
+    conc = res.settings.concurrencies
+    header = ["kind", "handler", "batching", "cold start s", "c1 p50", "c1 p90", "c1 p99", "c1 max"]
+    header += [f"c{c} req/s" for c in conc] + [f"c{max(conc)} p50", "worker RSS MB", "worker peak MB", "errors"]
+    rows = []
+    for r in res.served:
+        lat = r.latency_c1.latency
+        top = next((x for x in r.loads if x.concurrency == max(conc)), None)
+        errors = ", ".join(f"{k}: {v}" for k, v in r.errors.items()) or "0"
+        rows.append(
+            [
+                r.kind,
+                r.handler,
+                r.batching.label,
+                _f(r.cold_start_s),
+                _f(lat.p50_ms),
+                _f(lat.p90_ms),
+                _f(lat.p99_ms),
+                _f(lat.max_ms),
+                *[_f(r.throughput_at(c)) for c in conc],
+                _f(top.latency.p50_ms if top else None),
+                _f(r.worker_rss_mb, 0),
+                _f(r.worker_peak_rss_mb, 0),
+                errors,
+            ]
+        )
+    lines = [
+        "## Through TorchServe (one server per row, run one at a time)",
+        "",
+        "Latencies in ms, measured by the client (serving/bench/loadgen.py) on loopback. *cold start*: TorchServe "
+        "process start → READY worker → first prediction answered. Worker RSS from /proc/<pid>/status (VmRSS, "
+        "VmHWM) of the worker processes under the java frontend, read after the loads.",
+        "",
+        *_table(header, rows),
+    ]
+    frontends = [m.rss_mb for r in res.served for m in r.memory if m.role == "frontend" and m.rss_mb]
+    if frontends:
+        lines += [f"Java frontend RSS: {min(frontends):.0f}–{max(frontends):.0f} MB per server.", ""]
+    batches = [(r, x) for r in res.served for x in r.loads if x.batch_sizes and r.batching.batch_size > 1]
+    if batches:
+        lines += ["Batch sizes the handler saw (X-Convserve-Batch-Size), with dynamic batching:", ""]
+        lines += [
+            f"- {r.kind} c{x.concurrency}: " + ", ".join(f"{k}×{v}" for k, v in x.batch_sizes.items())
+            for r, x in batches
+        ]
+        lines.append("")
+    for s in res.served_skipped:
+        lines.append(f"- {s.kind}{f' ({s.batching.label})' if s.batching else ''} not served: {s.reason}")
+    return lines + ([""] if res.served_skipped else [])
+
+
+def ratios_section(res: BenchmarkResults) -> list[str]:
+    if not res.ratios:
+        return []
+    groups: dict[tuple[str, str], list[Ratio]] = {}
+    for r in res.ratios:
+        groups.setdefault((r.stage, r.reference), []).append(r)
+    lines = [
+        "## Ratios",
+        "",
+        "Each figure divided by the reference's (latency, memory: < 1 is better; throughput: > 1 is better).",
+        "",
+    ]
+    for (stage, reference), items in groups.items():
+        metrics = list(dict.fromkeys(r.metric for r in items))
+        subjects = list(dict.fromkeys(r.subject for r in items))
+        value = {(r.subject, r.metric): r.value for r in items}
+        rows = [[s, *[_f(value.get((s, m)), 2) for m in metrics]] for s in subjects]
+        lines += [f"### {stage}: against {reference}", "", *_table(["subject", *metrics], rows)]
+    return lines
+
+
+def render_markdown(res: BenchmarkResults) -> str:
+    sections = [
+        header_section(res),
+        targets_section(res),
+        inprocess_section(res),
+        served_section(res),
+        ratios_section(res),
+        machine_section(res),
+        ["Charts: latency_by_backend.png, throughput_vs_concurrency.png, throughput_vs_batch.png, memory.png", ""],
+    ]
+    return "\n".join(line for section in sections for line in section)
