@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     source, images = (None, args.paths) if args.url else (str(args.paths[0]), args.paths[1:])
     if not images:
         parser.error("give at least one IMAGE after the checkpoint or artifact")
-    predictions = predict_files(open_predictor(source, args.url, args.token), images, args.topk)
+    predictions = predict_files(open_predictor(source, args.url, args.token, args.topk), images, args.topk)
     if args.json:
         print(json.dumps([p.to_dict() for p in predictions], indent=2))
     else:

@@ -175,7 +175,7 @@ def read_rows(path: Path) -> dict[str, dict[str, str]]:
         return {row["point"]: row for row in csv.DictReader(fh)}
 
 
-def test_sweep_runs_records_failures_skips_and_resumes(tmp_path):
+def test_sweep_records_failures_skips_finished_and_resumes_interrupted(tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -186,45 +186,45 @@ def test_sweep_runs_records_failures_skips_and_resumes(tmp_path):
                     "data": {"data_dir": str(tmp_path / "no-data")},
                     "run": {"epochs": 1, "print_freq": 1000},
                 },  # fmt: skip
-                "grid": {"dataset": ["imagefolder", "digits"], "optim.lr": [0.01, 0.05]},
+                # imagefolder needs the (missing) data folder: a point that fails, before one that runs
+                "grid": {"dataset": ["imagefolder", "digits"], "optim.lr": [0.02]},
             }
         )
     )
-    out = tmp_path / "sweep"
+    out, done, failed = tmp_path / "sweep", "dataset-digits_lr-0.02", "dataset-imagefolder_lr-0.02"
     proc = cli("sweep.py", "--config", config, "--output-dir", out)
-    assert proc.returncode == 1, proc.stdout + proc.stderr  # some points failed, the sweep went on
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # a point failed, the sweep went on
     rows = read_rows(out / "results.csv")
-    done = ["dataset-digits_lr-0.01", "dataset-digits_lr-0.05"]
-    failed = ["dataset-imagefolder_lr-0.01", "dataset-imagefolder_lr-0.05"]
-    assert list(rows) == [*failed, *done]
-    for name in failed:
-        assert rows[name]["status"] == "failed" and "not found" in rows[name]["note"] and rows[name]["test_acc1"] == ""
-    for name in done:
-        summary = json.loads((out / name / "summary.json").read_text())
-        assert rows[name]["status"] == "done" and rows[name]["action"] == "ran"
-        assert float(rows[name]["test_acc1"]) == pytest.approx(summary["test_acc1"])
-        assert float(rows[name]["best_val_acc1"]) == pytest.approx(summary["best_val_acc1"])
-        assert rows[name]["epochs_done"] == "1" and float(rows[name]["wall_time_s"]) > 0
-        assert yaml.safe_load((out / name / "config.yaml").read_text())["optim"]["lr"] == float(rows[name]["optim.lr"])
+    assert list(rows) == [failed, done]
+    assert rows[failed]["status"] == "failed" and "not found" in rows[failed]["note"] and not rows[failed]["test_acc1"]
+    summary = json.loads((out / done / "summary.json").read_text())
+    assert rows[done]["status"] == "done" and rows[done]["action"] == "ran"
+    assert float(rows[done]["test_acc1"]) == pytest.approx(summary["test_acc1"])
+    assert float(rows[done]["best_val_acc1"]) == pytest.approx(summary["best_val_acc1"])
+    assert rows[done]["epochs_done"] == "1" and float(rows[done]["wall_time_s"]) > 0
+    assert yaml.safe_load((out / done / "config.yaml").read_text())["optim"]["lr"] == float(rows[done]["optim.lr"])
     table = (out / "results.md").read_text()
-    assert all(f"| {name} |" in table for name in rows)
+    assert f"| {done} | digits | 0.02 | done |" in table and f"| {failed} | imagefolder | 0.02 | failed |" in table
     for metric in ("val_acc1", "train_loss"):
         with Image.open(out / "plots" / f"{metric}.png") as img:
             assert img.format == "PNG"
 
-    # rerun: finished points are skipped, an interrupted one (no summary.json, last.pt kept) is resumed
-    stamp = (out / done[0] / "summary.json").stat().st_mtime_ns
-    (out / done[1] / "summary.json").unlink()
+    # rerun: the finished point is skipped untouched, the failed one tried again (its folder moved aside)
+    stamp = (out / done / "summary.json").stat().st_mtime_ns
     proc = cli("sweep.py", "--config", config, "--output-dir", out)
-    assert proc.returncode == 1
     rows = read_rows(out / "results.csv")
-    assert rows[done[0]]["action"] == "skipped" and rows[done[0]]["status"] == "done"
-    assert (out / done[0] / "summary.json").stat().st_mtime_ns == stamp
-    assert rows[done[1]]["action"] == "resumed" and rows[done[1]]["status"] == "done"
-    assert (out / done[1] / "summary.json").is_file()
-    assert rows[failed[0]]["action"] == "ran" and rows[failed[0]]["status"] == "failed"  # retried, failed again
-    assert len(list((out / "stale").iterdir())) == 2  # the failed attempts' folders, moved aside, not deleted
-    assert "finished earlier, skipped" in proc.stdout
+    assert proc.returncode == 1 and "finished earlier, skipped" in proc.stdout
+    assert (rows[done]["action"], rows[done]["status"]) == ("skipped", "done")
+    assert (out / done / "summary.json").stat().st_mtime_ns == stamp
+    assert (rows[failed]["action"], rows[failed]["status"]) == ("ran", "failed")
+    assert len(list((out / "stale").iterdir())) == 1
+
+    # an interrupted point (checkpoints/last.pt but no summary.json) is resumed, not restarted
+    (out / done / "summary.json").unlink()
+    proc = cli("sweep.py", "--config", config, "--output-dir", out)
+    rows = read_rows(out / "results.csv")
+    assert (rows[done]["action"], rows[done]["status"]) == ("resumed", "done"), proc.stdout
+    assert json.loads((out / done / "summary.json").read_text())["test_acc1"] == pytest.approx(summary["test_acc1"])
 
 
 def test_sweep_bad_config_is_a_one_line_error(tmp_path):

@@ -52,17 +52,21 @@ class CheckpointPredictor:
 
 
 class ArtifactPredictor:
-    """An exported artifact folder, through serving's plain-Python classifier (the code TorchServe runs)."""
+    """An exported artifact folder, through serving's plain-Python Classifier (the code TorchServe runs)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, topk: int):
         try:
             from serving.classifier import Classifier
         except ImportError as exc:
             raise ConvserveError(f"artifact folders need serving/classifier.py, which is missing: {exc}") from None
-        self.classifier = Classifier.from_artifact(folder)
+        self.classifier = Classifier.from_artifact(folder, top_k=topk)
 
     def predict(self, data: bytes, name: str, topk: int) -> list[tuple[str, float]]:
-        return parse_answer(self.classifier.predict(data, topk=topk), name)[:topk]
+        try:
+            (answer,) = self.classifier.predict([data])
+        except ConvserveError as exc:  # serving's InputError says what is wrong with the bytes, not which file
+            raise ConvserveError(f"cannot decode image {name}: {exc}") from None
+        return parse_answer(answer, name)[:topk]
 
 
 class RemotePredictor:
@@ -121,7 +125,7 @@ def parse_answer(answer: Any, name: str = "image") -> list[tuple[str, float]]:
     raise ConvserveError(f"unexpected classifier answer for {name}: {json.dumps(answer)[:200]}")
 
 
-def open_predictor(source: str | None, url: str | None = None, token: str | None = None) -> Predictor:
+def open_predictor(source: str | None, url: str | None = None, token: str | None = None, topk: int = 5) -> Predictor:
     """A checkpoint file, a run folder (its checkpoints/best.pt), an artifact folder, or a URL."""
     if url:
         return RemotePredictor(url, token)
@@ -130,7 +134,7 @@ def open_predictor(source: str | None, url: str | None = None, token: str | None
     path = Path(source)
     if path.is_dir():
         if (path / ARTIFACT_CARD).is_file():
-            return ArtifactPredictor(path)
+            return ArtifactPredictor(path, topk)
         if (path / "checkpoints" / "best.pt").is_file():
             return CheckpointPredictor(path / "checkpoints" / "best.pt")
         raise ConvserveError(f"{path} is neither an artifact folder ({ARTIFACT_CARD}) nor a run folder")
