@@ -5,6 +5,7 @@ Accepted forms, one image per request:
   TorchServe hands them over as ``{"body": bytes}``;
 - a multipart upload (``curl -F "data=@x.jpg"``): ``{"<field>": bytes}``; the field is ``data``, ``image``,
   ``file`` or ``b64``, or any name when it is the only field;
+- base64 text where bytes are expected (a form field ``image=<base64>``, an octet-stream body of base64);
 - JSON ``{"image": "<base64>"}`` (or ``"data"`` / ``"b64"``); the worker parses application/json bodies into a
   dict; a ``data:image/...;base64,`` prefix and URL-safe base64 are accepted.
 """
@@ -23,6 +24,9 @@ IMAGE_FIELDS = ("data", "image", "file", "b64", "body")
 JSON_FIELDS = ("image", "data", "b64")
 HOW_TO = 'send image bytes (Content-Type: image/*), a multipart file upload, or JSON {"image": "<base64>"}'
 _DATA_URL = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
+# base64 text sent as bytes (a form field, an octet-stream of a .b64 file); encoded images never match: their
+# headers hold bytes outside this alphabet
+_BASE64_BYTES = re.compile(rb"^(data:[\w/+.-]*;base64,)?[A-Za-z0-9+/=_\-\s]+$", re.IGNORECASE)
 
 
 def image_bytes(request: dict[str, Any] | None) -> bytes:
@@ -43,6 +47,8 @@ def _value_bytes(field: str, value: Any) -> bytes:
             raise InputError(f"empty body: {HOW_TO}")
         if value.lstrip()[:1] == b"{":  # a JSON body the worker did not parse (wrong or missing Content-Type)
             return _from_json(_parse_json(bytes(value)))
+        if _BASE64_BYTES.match(value):
+            return decode_base64(value.decode("ascii"), field)
         return bytes(value)
     if isinstance(value, dict):
         return _from_json(value)

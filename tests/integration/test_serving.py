@@ -61,9 +61,10 @@ def runs(digits_run) -> dict[str, Path]:
 def store(runs, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("serving")
     store = root / "model_store"
-    digits = build_artifact(runs["digits"], root / "artifact-digits", ("onnx",))
+    digits = build_artifact(runs["digits"], root / "artifact-digits", ("onnx", "eager"))
     alexnet = build_artifact(runs["alexnet"], root / "artifact-alexnet", ("torchscript",))
     build_archive(digits, "digits", store, backend="onnx", settings=BATCHING)
+    build_archive(digits, "digits-eager", root / "not-served", backend="eager")
     build_archive(alexnet, "alexnet", store, backend="torchscript", settings=BATCHING)
     return store
 
@@ -127,6 +128,7 @@ def test_every_input_form_gets_the_same_answer(server, client, jpeg):
         'JSON "image"': client.post(url, json={"image": b64}),
         'JSON "data"': client.post(url, json={"data": b64}),
         'JSON "b64", data URL': client.post(url, json={"b64": "data:image/jpeg;base64," + b64}),
+        "form field": client.post(url, data={"image": b64}),
     }
     answers = {form: assert_answer(resp) for form, resp in responses.items()}
     first = answers["raw bytes"]
@@ -257,9 +259,10 @@ def test_config_binds_management_to_loopback_and_turns_tokens_on_beyond_it(tmp_p
     assert "enable_model_api=false" in text and "metrics_mode=prometheus" in text
 
 
-def test_archive_runs_without_this_repository(store, jpeg, tmp_path):
+@pytest.mark.parametrize("archive", ["model_store/digits.mar", "not-served/digits-eager.mar"])
+def test_archive_runs_without_this_repository(store, jpeg, tmp_path, archive):
     """The handler and its modules load from the archive alone (the editable install switched off)."""
-    with zipfile.ZipFile(store / "digits.mar") as mar:
+    with zipfile.ZipFile(store.parent / archive) as mar:
         mar.extractall(tmp_path / "model")
     script = f"""
 import sys

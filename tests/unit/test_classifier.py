@@ -164,6 +164,13 @@ def test_a_changed_model_file_is_refused(gray_artifact, tmp_path):
         Classifier.from_artifact(folder, backend="onnx")
 
 
+def test_onnx_asked_for_cuda_says_where_it_really_runs(gray_artifact, images):
+    """Without a usable GPU, ONNX Runtime falls back to its CPU provider; the backend reports that."""
+    clf = Classifier.from_artifact(gray_artifact, backend="onnx", device="cuda")
+    assert clf.backend.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert clf.predict(images[:1])[0]
+
+
 def test_bad_image_raises_input_error(gray_artifact, images):
     clf = Classifier.from_artifact(gray_artifact)
     with pytest.raises(InputError) as info:

@@ -267,6 +267,13 @@ def test_base64_variants(png):
     assert image_bytes({"image": text.replace("+", " ")}) == png  # a form field: its '+' arrive as spaces
 
 
+def test_base64_text_arriving_as_bytes(png):
+    text = base64.b64encode(png)
+    assert image_bytes({"image": text.replace(b"+", b" ")}) == png  # form field, '+' decoded to ' '
+    assert image_bytes({"body": b"data:image/png;base64," + text + b"\n"}) == png
+    assert image_bytes({"body": png}) == png  # real image bytes are never mistaken for base64
+
+
 def test_json_body_the_worker_did_not_parse(png):
     raw = ('{"image": "' + base64.b64encode(png).decode() + '"}').encode()
     assert image_bytes({"body": raw}) == png
