@@ -29,6 +29,7 @@ INPROCESS_METRICS: dict[str, Callable[[InProcessResult], float | None]] = {
     "load_s": lambda r: r.load_s,
     "peak_rss_mb": lambda r: r.peak_rss_mb,
     "model_memory_mb": model_memory_mb,
+    "anon_rss_mb": lambda r: r.anon_rss_mb,
 }
 SERVED_METRICS: dict[str, Callable[[ServedResult], float | None]] = {
     "c1_p50_ms": lambda r: r.latency_c1.latency.p50_ms,
@@ -36,6 +37,7 @@ SERVED_METRICS: dict[str, Callable[[ServedResult], float | None]] = {
     "cold_start_s": lambda r: r.cold_start_s,
     "worker_rss_mb": lambda r: r.worker_rss_mb,
     "worker_peak_rss_mb": lambda r: r.worker_peak_rss_mb,
+    "worker_anon_mb": lambda r: r.worker_anon_mb,
 }
 
 

@@ -57,11 +57,11 @@ def timed(fn: Callable[[], object], iterations: int, warmup: int, budget_s: floa
     return samples
 
 
-def _rss_mb() -> float | None:
+def _rss_mb(anon: bool = False) -> float | None:
     import os
 
     found = process_memory(os.getpid(), "self")
-    return found.rss_mb if found else None
+    return (found.anon_mb if anon else found.rss_mb) if found else None
 
 
 def _gpu_peak_mb(device: str, backend_name: str) -> float | None:
@@ -113,6 +113,7 @@ def measure(spec: InProcessSpec) -> InProcessResult:
     end_to_end = timed(lambda: clf.predict([encoded[nxt()]]), n, w, budget)
     decode = timed(lambda: clf.decode(encoded[nxt()]), n, w, budget)
     preprocess = timed(lambda: clf.preprocess([decoded[nxt()]]), n, w, budget)
+    stock = _stock_timing(clf.card, encoded, nxt, n, w, budget) if spec.backend == "eager" else None
     points = []
     for size in spec.batch_sizes:
         batch = torch.cat([tensors[i % len(tensors)] for i in range(size)])
@@ -134,14 +135,32 @@ def measure(spec: InProcessSpec) -> InProcessResult:
         rss_before_load_mb=rss_before,
         rss_after_load_mb=rss_after,
         peak_rss_mb=own_peak_rss_mb(),
+        anon_rss_mb=_rss_mb(anon=True),
         peak_gpu_mb=_gpu_peak_mb(spec.device, clf.backend.name),
         model_b1=LatencyStats.from_seconds(model_b1),
         end_to_end_b1=LatencyStats.from_seconds(end_to_end),
         decode=LatencyStats.from_seconds(decode),
         preprocess=LatencyStats.from_seconds(preprocess),
+        stock_decode_preprocess=LatencyStats.from_seconds(stock) if stock else None,
         throughput=points,
         wall_s=time.perf_counter() - wall,
     )
+
+
+def _stock_timing(card, encoded: list[bytes], nxt, n: int, w: int, budget: float) -> list[float] | None:
+    """The stock handler's PIL decode + torchvision (v1) transforms, on the same bytes."""
+    import io
+
+    from PIL import Image
+
+    from serving.bench.stock import stock_unsupported
+
+    if stock_unsupported(card):
+        return None
+    from ts.torch_handler.image_classifier import ImageClassifier
+
+    transform = ImageClassifier.image_processing
+    return timed(lambda: transform(Image.open(io.BytesIO(encoded[nxt()]))), n, w, budget)
 
 
 def _cycler(n: int) -> Callable[[], int]:

@@ -22,6 +22,9 @@ class ProcessMemory(BaseModel):
     command: str
     rss_mb: float | None  # VmRSS
     peak_rss_mb: float | None  # VmHWM
+    # VmRSS = RssAnon (private: heap, weights) + RssFile (mapped libraries, shared between processes) + RssShmem
+    anon_mb: float | None = None
+    file_mb: float | None = None
     threads: int | None = None
 
 
@@ -52,6 +55,8 @@ def process_memory(pid: int, role: str) -> ProcessMemory | None:
         command=command_line(pid) or status.get("Name", "").strip(),
         rss_mb=_kb_to_mb(status.get("VmRSS")),
         peak_rss_mb=_kb_to_mb(status.get("VmHWM")),
+        anon_mb=_kb_to_mb(status.get("RssAnon")),
+        file_mb=_kb_to_mb(status.get("RssFile")),
         threads=int(threads) if threads.isdigit() else None,
     )
 

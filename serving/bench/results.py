@@ -57,11 +57,15 @@ class InProcessResult(_Model):
     rss_before_load_mb: float | None  # interpreter + torch + onnxruntime imported, images decoded
     rss_after_load_mb: float | None
     peak_rss_mb: float | None  # VmHWM at the end of the process
+    anon_rss_mb: float | None = None  # RssAnon at the end: private memory (libraries' shared pages excluded)
     peak_gpu_mb: float | None = None
     model_b1: LatencyStats  # backend call only, batch 1, preprocessed tensor ready
     end_to_end_b1: LatencyStats  # encoded bytes → top-k answer: decode + preprocess + model + softmax/top-k
     decode: LatencyStats  # bytes → uint8 tensor (Pillow)
     preprocess: LatencyStats  # resize, crop, normalise (one image)
+    # the stock image_classifier's own decode + transforms on the same bytes, for reference (eager process only,
+    # when the model's card matches what that handler does)
+    stock_decode_preprocess: LatencyStats | None = None
     throughput: list[ThroughputPoint]
     wall_s: float
 
@@ -104,6 +108,11 @@ class ServedResult(_Model):
     @property
     def worker_peak_rss_mb(self) -> float | None:
         values = [m.peak_rss_mb for m in self.memory if m.role == "worker" and m.peak_rss_mb is not None]
+        return sum(values) if values else None
+
+    @property
+    def worker_anon_mb(self) -> float | None:
+        values = [m.anon_mb for m in self.memory if m.role == "worker" and m.anon_mb is not None]
         return sum(values) if values else None
 
     def throughput_at(self, concurrency: int) -> float | None:

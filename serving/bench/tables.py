@@ -72,7 +72,8 @@ def inprocess_section(res: BenchmarkResults) -> list[str]:
         return []
     sizes = res.settings.batch_sizes
     header = ["backend", "file MB", "load s", "model p50", "p90", "p99", "end-to-end p50", "decode p50"]
-    header += ["preprocess p50", *[f"b{b} img/s" for b in sizes], "peak RSS MB", "model MB", "p50 vs eager"]
+    header += ["preprocess p50", *[f"b{b} img/s" for b in sizes], "peak RSS MB", "anon MB", "model MB"]
+    header += ["p50 vs eager"]
     ratios = {(r.subject, r.metric): r.value for r in res.ratios if r.stage == "inprocess"}
     rows = []
     for r in res.inprocess:
@@ -90,6 +91,7 @@ def inprocess_section(res: BenchmarkResults) -> list[str]:
                 _f(r.preprocess.p50_ms, 2),
                 *[_f(rates.get(b)) for b in sizes],
                 _f(r.peak_rss_mb, 0),
+                _f(r.anon_rss_mb, 0),
                 _f(model_memory_mb(r), 0),
                 _f(ratios.get((r.backend, "model_b1_p50_ms")), 2),
             ]
@@ -99,10 +101,18 @@ def inprocess_section(res: BenchmarkResults) -> list[str]:
         "",
         "Latencies in ms. *model*: the backend call on a ready batch-1 tensor; *end-to-end*: JPEG bytes → top-5 "
         "(decode + preprocess + model + softmax/top-k); *decode* / *preprocess*: those steps alone. *model MB*: "
-        "peak RSS minus the RSS before loading (interpreter, torch and onnxruntime already imported).",
+        "peak RSS minus the RSS before loading (interpreter, torch and onnxruntime already imported); *anon*: RssAnon "
+        "at the end (private memory).",
         "",
         *_table(header, rows),
     ]
+    stock = next((r.stock_decode_preprocess for r in res.inprocess if r.stock_decode_preprocess), None)
+    if stock:
+        lines += [
+            f"The stock image_classifier's decode + transforms (PIL, torchvision v1) on the same JPEGs: p50 "
+            f"{stock.p50_ms:.2f} ms, p99 {stock.p99_ms:.2f} ms (ours: decode + preprocess columns above).",
+            "",
+        ]
     gpu = [r for r in res.inprocess if r.peak_gpu_mb is not None]
     if gpu:
         lines += [f"Peak GPU memory: {', '.join(f'{r.backend} {r.peak_gpu_mb:.0f} MB' for r in gpu)}", ""]
@@ -116,7 +126,8 @@ def served_section(res: BenchmarkResults) -> list[str]:
         return []
     conc = res.settings.concurrencies
     header = ["kind", "handler", "batching", "cold start s", "c1 p50", "c1 p90", "c1 p99", "c1 max"]
-    header += [f"c{c} req/s" for c in conc] + [f"c{max(conc)} p50", "worker RSS MB", "worker peak MB", "errors"]
+    header += [f"c{c} req/s" for c in conc] + [f"c{max(conc)} p50", "worker RSS MB", "worker peak MB", "worker anon MB"]
+    header += ["errors"]
     rows = []
     for r in res.served:
         lat = r.latency_c1.latency
@@ -136,6 +147,7 @@ def served_section(res: BenchmarkResults) -> list[str]:
                 _f(top.latency.p50_ms if top else None),
                 _f(r.worker_rss_mb, 0),
                 _f(r.worker_peak_rss_mb, 0),
+                _f(r.worker_anon_mb, 0),
                 errors,
             ]
         )
@@ -144,7 +156,8 @@ def served_section(res: BenchmarkResults) -> list[str]:
         "",
         "Latencies in ms, measured by the client (serving/bench/loadgen.py) on loopback. *cold start*: TorchServe "
         "process start → READY worker → first prediction answered. Worker RSS from /proc/<pid>/status (VmRSS, "
-        "VmHWM) of the worker processes under the java frontend, read after the loads.",
+        "VmHWM) of the worker processes under the java frontend, read after the loads; *anon*: RssAnon, the private "
+        "part (VmRSS also counts the pages of shared libraries: torch alone maps ~500 MB into every worker).",
         "",
         *_table(header, rows),
     ]
