@@ -1,7 +1,9 @@
-"""The real TorchServe over HTTP: trained digits models archived, served, called with real images and bad input.
+"""The real TorchServe over HTTP: trained digits models exported, archived, served, called with real images.
 
-One server for the module (cold start takes many seconds) serves two models: ``digits`` (MLP, ONNX Runtime)
-and ``alexnet`` (AlexNet, TorchScript), both with dynamic batching (batchSize 4, maxBatchDelay 200 ms).
+The whole chain as a user runs it: checkpoint → export/to_onnx.py | to_torchscript.py → serving/archive.py's
+build_archive → TorchServe. One server for the module (cold start takes many seconds) serves two models:
+``digits`` (MLP, ONNX Runtime) and ``alexnet`` (AlexNet, TorchScript), both with dynamic batching
+(batchSize 4, maxBatchDelay 200 ms).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from PIL import Image
 from serving.handler import BATCH_HEADER
 from serving.model_archive import ArchiveSettings, build_archive
 from serving.torchserve_process import ServerSettings, ServerStartError, TorchServeProcess, free_port, render_config
-from tests.serving_helpers import EagerReference, build_artifact
+from tests.serving_helpers import EagerReference
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -57,12 +59,20 @@ def runs(digits_run) -> dict[str, Path]:
     return {"digits": digits_run("mlp", 2), "alexnet": digits_run("alexnet", 1)}
 
 
+def export(tool: str, run: Path, folder: Path) -> Path:
+    """The exporter's CLI, as a user runs it (it also writes model.pt, the eager format)."""
+    cmd = [sys.executable, f"export/{tool}.py", str(run / "checkpoints" / "best.pt"), "--output-dir", str(folder)]
+    result = subprocess.run([*cmd, "--no-test-accuracy"], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return folder
+
+
 @pytest.fixture(scope="module")
 def store(runs, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("serving")
     store = root / "model_store"
-    digits = build_artifact(runs["digits"], root / "artifact-digits", ("onnx", "eager"))
-    alexnet = build_artifact(runs["alexnet"], root / "artifact-alexnet", ("torchscript",))
+    digits = export("to_onnx", runs["digits"], root / "artifact-digits")
+    alexnet = export("to_torchscript", runs["alexnet"], root / "artifact-alexnet")
     build_archive(digits, "digits", store, backend="onnx", settings=BATCHING)
     build_archive(digits, "digits-eager", root / "not-served", backend="eager")
     build_archive(alexnet, "alexnet", store, backend="torchscript", settings=BATCHING)
@@ -303,7 +313,8 @@ def test_a_worker_that_cannot_load_fails_the_start_with_its_error(store, tmp_pat
         mar.extractall(tmp_path / "store" / "broken")
     card_path = tmp_path / "store" / "broken" / "artifact" / "model_card.json"
     card = json.loads(card_path.read_text())
-    card["files"][0]["sha256"] = "0" * 64
+    for entry in card["files"]:
+        entry["sha256"] = "0" * 64
     card_path.write_text(json.dumps(card))
     server = TorchServeProcess(settings_for(tmp_path / "store", tmp_path / "run", {"broken": "broken"}))
     with pytest.raises(ServerStartError, match="does not match the sha256"):
