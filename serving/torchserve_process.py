@@ -137,7 +137,8 @@ def worker_error(log_text: str) -> str | None:
             where = line.strip()
         elif in_traceback and line and not line[0].isspace():
             return f"{line} ({where})" if where else line
-    return "a worker died while loading the model (see the logs)"
+    marked = next(ln for ln in log_text.splitlines() if any(m in ln for m in WORKER_DIED))
+    return marked.split(" - ", 1)[-1].strip()  # no Python traceback: the frontend's own line says why
 
 
 class TorchServeProcess:

@@ -27,7 +27,14 @@ from PIL import Image
 
 from serving.handler import BATCH_HEADER
 from serving.model_archive import ArchiveSettings, build_archive
-from serving.torchserve_process import ServerSettings, ServerStartError, TorchServeProcess, free_port, render_config
+from serving.torchserve_process import (
+    ServerSettings,
+    ServerStartError,
+    TorchServeProcess,
+    free_port,
+    render_config,
+    worker_error,
+)
 from tests.serving_helpers import EagerReference
 
 pytestmark = pytest.mark.slow
@@ -267,6 +274,26 @@ def test_config_binds_management_to_loopback_and_turns_tokens_on_beyond_it(tmp_p
     assert "disable_token_authorization=false" in text
     assert "disable_token_authorization=true" in render_config(local, (7070, 7071))
     assert "enable_model_api=false" in text and "metrics_mode=prometheus" in text
+
+
+WORKER_LOG = """\
+15:22:03,691 [INFO ] W-9000-m-stdout MODEL_LOG - Backend worker process died.
+15:22:03,692 [INFO ] W-9000-m-stdout MODEL_LOG - Traceback (most recent call last):
+15:22:03,693 [INFO ] W-9000-m-stdout MODEL_LOG -   File "/tmp/cvts-x/models/f/handler.py", line 1
+15:22:03,693 [INFO ] W-9000-m-stdout MODEL_LOG -     import no_such_module_xyz
+15:22:03,693 [INFO ] W-9000-m-stdout MODEL_LOG - ModuleNotFoundError: No module named 'no_such_module_xyz'
+15:22:03,693 [INFO ] W-9000-m-stdout MODEL_LOG -
+15:22:03,693 [INFO ] W-9000-m-stdout MODEL_LOG - During handling of the above exception, another exception occurred:
+15:22:03,694 [INFO ] W-9000-m-stdout MODEL_LOG - Traceback (most recent call last):
+15:22:03,694 [INFO ] W-9000-m-stdout MODEL_LOG -   File "/ts/model_loader.py", line 159, in _load
+15:22:03,695 [INFO ] W-9000-m-stdout MODEL_LOG - ModuleNotFoundError: No module named 'ts.torch_handler.handler'
+"""
+
+
+def test_worker_error_reports_the_first_exception_of_a_chain():
+    """TorchServe retries a failed custom handler import as a stock one; the first error is the real one."""
+    assert worker_error(WORKER_LOG).startswith("ModuleNotFoundError: No module named 'no_such_module_xyz'")
+    assert worker_error(WORKER_LOG.replace("Backend worker process died.", "Backend worker started.")) is None
 
 
 @pytest.mark.parametrize("archive", ["model_store/digits.mar", "not-served/digits-eager.mar"])
