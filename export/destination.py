@@ -71,6 +71,7 @@ def _umask() -> int:
 def claim_folder(folder: Path, identity: str, targets: list[str], force: bool) -> Iterator[Claim]:
     """Create/lock ``folder`` and check that writing ``targets`` (file names) there is safe; see module doc."""
     folder = Path(folder)
+    created = not folder.exists()
     _make_writable_folder(folder)
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -84,6 +85,10 @@ def claim_folder(folder: Path, identity: str, targets: list[str], force: bool) -
             yield claim
         finally:
             claim.discard()
+    except BaseException:
+        if created and not any(folder.iterdir()):
+            folder.rmdir()  # a failed export into a new folder leaves no trace
+        raise
     finally:
         os.close(fd)  # releases the lock
 

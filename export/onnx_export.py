@@ -24,14 +24,16 @@ from pathlib import Path
 import onnx
 import torch
 
-from training.errors import ConvserveError
-
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 LEGACY_DEFAULT_OPSET = 17
 MAX_DYNAMIC_BATCH = 4096
+
+
+class ExportFailed(Exception):
+    """torch or onnxruntime could not convert the model (an exporter limitation or our bug, not user input)."""
 
 
 class _HalfPrecision(torch.nn.Module):
@@ -68,16 +70,13 @@ def export_onnx(
             how = "legacy exporter" if legacy else "dynamo exporter (try --legacy)"
             raise ExportFailed(f"torch.onnx {how} failed: {_first_line(exc)}") from exc
     simplify(path)
-    onnx.checker.check_model(str(path), full_check=True)
+    check_onnx(path)
     return file_opset(path)
 
 
-class ExportFailed(Exception):
-    """torch could not convert the model (an exporter limitation or our bug; a traceback helps)."""
-
-
 def _export_dynamo(module, example, path: Path, opset: int | None, batch: int | None) -> None:
-    shapes = None if batch else {"x": {0: torch.export.Dim("batch", min=1, max=MAX_DYNAMIC_BATCH)}}
+    # positional (a tuple per argument), so the model's forward may name its input anything
+    shapes = None if batch else ({0: torch.export.Dim("batch", min=1, max=MAX_DYNAMIC_BATCH)},)
     program = torch.onnx.export(
         module,
         (example,),
@@ -156,9 +155,7 @@ def quantize_int8(fp32_path: Path, path: Path, calibration: torch.Tensor, batch:
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
         )
-    except ConvserveError:
-        raise
-    except Exception as exc:
+    except Exception as exc:  # onnxruntime.quantization raises many types
         raise ExportFailed(f"onnxruntime int8 quantisation failed: {_first_line(exc)}") from exc
     finally:
         prepared.unlink(missing_ok=True)

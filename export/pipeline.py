@@ -91,9 +91,10 @@ def run_export(source: ExportSource, request: ExportRequest) -> ExportResult:
     images = collect_check_images(
         source.ckpt, request.check_images, request.dataset_images if source.has_dataset else 0
     )
+    job = _Job(source, request, images)  # the eager model first: a checkpoint that cannot build touches no folder
     targets = [FILE_NAMES[f] for f in request.formats]
     with claim_folder(folder, source.identity, targets, request.force) as claim:
-        job = _Job(source, request, claim, images)
+        job.claim = claim
         entries = [job.export(fmt) for fmt in request.formats]
         failed = [e for e in entries if e.parity is not None and not e.parity.passed]
         if failed:
@@ -116,8 +117,10 @@ def _failure(entry: ModelFile) -> str:
 
 
 class _Job:
-    def __init__(self, source: ExportSource, request: ExportRequest, claim: Claim, images: CheckImages):
-        self.source, self.request, self.claim = source, request, claim
+    claim: Claim
+
+    def __init__(self, source: ExportSource, request: ExportRequest, images: CheckImages):
+        self.source, self.request = source, request
         self.model = model_from_checkpoint(source.ckpt)
         self.eager = eager_runner(self.model)
         self.images = images.batch()
