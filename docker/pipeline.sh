@@ -15,10 +15,10 @@ STORE="${CONVSERVE_MODEL_STORE:-/data/model-store}"
 MODEL="${CONVSERVE_MODEL_NAME:-alexnet}"
 EXPORT_FORMAT="${CONVSERVE_EXPORT_FORMAT:-onnx}"
 SERVE_DIR="${CONVSERVE_SERVE_DIR:-/srv/torchserve}"
-cd /app
+cd "${CONVSERVE_APP_DIR:-/app}"  # the source tree in the image (a checkout when tested outside)
 
 report_accuracy() {
-    python -c 'import json,sys; s=json.load(open(sys.argv[1])); print(f"trainer: final test top-1 {s[\"test_acc1\"]:.2f}% top-5 {s[\"test_acc5\"]:.2f}% ({sys.argv[1]})")' "$RUN/summary.json"
+    python -c 'import json,sys; s=json.load(open(sys.argv[1])); print("trainer: final test top-1 %.2f%% top-5 %.2f%% (%s)" % (s["test_acc1"], s["test_acc5"], sys.argv[1]))' "$RUN/summary.json"
 }
 
 step="${1:-}"

@@ -218,3 +218,42 @@ def test_gpu_override_reserves_devices_and_builds_the_gpu_variant():
         assert devices[0]["capabilities"] == ["gpu"]
     assert gpu["trainer"]["build"]["args"]["VARIANT"] == "gpu"
     assert gpu["serve"]["image"].endswith(":gpu") and gpu["export"]["build"]["args"]["VARIANT"] == "gpu"
+
+
+def pipeline(step: str, tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """docker/pipeline.sh run from this checkout instead of /app, with this venv's python first on PATH."""
+    environ = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "CONVSERVE_APP_DIR": str(ROOT),
+        "CONVSERVE_RUN": str(tmp_path / "run"),
+        "CONVSERVE_ARTIFACT": str(tmp_path / "artifact"),
+        "CONVSERVE_MODEL_STORE": str(tmp_path / "store"),
+        **env,
+    }
+    return subprocess.run(
+        ["sh", str(ROOT / "docker" / "pipeline.sh"), step, *args],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_pipeline_reuses_a_finished_run_and_reports_its_accuracy(digits_run, tmp_path):
+    run = digits_run("mlp", 2)
+    result = pipeline("train", tmp_path, "--epochs", "99", CONVSERVE_RUN=str(run))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert "already holds a finished run; reusing it" in result.stdout
+    assert f"trainer: final test top-1 {summary['test_acc1']:.2f}%" in result.stdout
+
+
+def test_pipeline_export_needs_a_checkpoint_and_keeps_an_existing_archive(tmp_path):
+    missing = pipeline("export", tmp_path)
+    assert missing.returncode == 2 and "no checkpoint at" in missing.stderr
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "alexnet.mar").write_bytes(b"an archive")
+    kept = pipeline("export", tmp_path)
+    assert kept.returncode == 0 and "exists; reusing it" in kept.stdout
+    assert (tmp_path / "store" / "alexnet.mar").read_bytes() == b"an archive"
+    assert pipeline("nonsense", tmp_path).returncode == 2
