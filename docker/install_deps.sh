@@ -1,15 +1,14 @@
 #!/bin/sh
 # Build-stage only: install pyproject.toml's dependencies into /opt/venv, in two steps (two layers), so the
 # large torch layer is the same in both images and built once:
-#   install_deps.sh torch VARIANT           create /opt/venv with torch + torchvision only
-#   install_deps.sh rest VARIANT EXTRAS...  the other dependencies (and extras), then check and drop pip
-# VARIANT: cpu | gpu.
+#   install_deps.sh torch VARIANT   create /opt/venv with /tmp/build/torch.txt (torch + torchvision)
+#   install_deps.sh rest VARIANT    add /tmp/build/requirements.txt, then check and drop pip
+# VARIANT: cpu | gpu. The requirement files come from docker/requirements.py (the Dockerfiles' first stage).
 # Reads (all optional, as build args): TORCH_INDEX_URL, PIP_INDEX_URL, PIP_EXTRA_INDEX_URL,
 # PIP_TRUSTED_HOST, PIP_FIND_LINKS.
 set -eu
 STEP="$1"
 VARIANT="$2"
-shift 2
 
 # An ARG given as "" must mean "not set", not "an empty index URL" (pip would fail on it).
 for var in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST PIP_FIND_LINKS TORCH_INDEX_URL; do
@@ -19,19 +18,17 @@ for var in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST PIP_FIND_LINKS TOR
 done
 
 case "$VARIANT" in
-    cpu) ORT=onnxruntime ;;
-    gpu) ORT=onnxruntime-gpu; unset TORCH_INDEX_URL ;;  # PyPI's torch wheels are the CUDA build
+    cpu) ;;
+    gpu) unset TORCH_INDEX_URL ;;  # PyPI's torch wheels are the CUDA build
     *) echo "error: VARIANT must be cpu or gpu, not '$VARIANT'" >&2; exit 2 ;;
 esac
 
 PIP="/opt/venv/bin/python -m pip --no-cache-dir --disable-pip-version-check --no-input"
-REQS="python3.11 /tmp/build/requirements.py --pyproject /tmp/build/pyproject.toml"
 
 case "$STEP" in
     torch)
         python3.11 -m venv /opt/venv
         # From the CPU-only index when one is given: PyPI's default torch pulls GBs of CUDA wheels.
-        $REQS --only torch,torchvision > /tmp/build/torch.txt
         if [ -n "${TORCH_INDEX_URL:-}" ]; then
             # The torch index carries torch's own dependencies too; a given PIP_INDEX_URL stays as an extra.
             $PIP install --index-url "$TORCH_INDEX_URL" ${PIP_INDEX_URL:+--extra-index-url "$PIP_INDEX_URL"} \
@@ -41,7 +38,6 @@ case "$STEP" in
         fi
         ;;
     rest)
-        $REQS "$@" --replace "onnxruntime-gpu=$ORT" > /tmp/build/requirements.txt
         $PIP install -r /tmp/build/requirements.txt
         $PIP check
         # pip is not needed at run time (byte-code caches stay: they save seconds on every start).

@@ -126,13 +126,15 @@ def test_images_are_multi_stage_non_root_and_signal_safe(image):
     final_runs = " ".join(args for word, args in final if word == "RUN") + " "
     assert not [tool for tool in BUILD_TOOLS if tool in final_runs]
     assert any(word == "COPY" and "--from=builder" in args for word, args in final)
-    declared = {args.split("=")[0] for word, args in parts[0] if word == "ARG"}
+    builder = next(stage for stage in parts if stage[0][1].endswith(" AS builder"))
+    declared = {args.split("=")[0] for word, args in builder if word == "ARG"}
     assert {"VARIANT", "TORCH_INDEX_URL", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST"} <= declared
 
 
 @pytest.mark.parametrize("image", DOCKERFILES)
 def test_extra_ca_certificates_are_trusted_in_both_stages(image):
-    for stage in stages(DOCKERFILES[image]):
+    parts = stages(DOCKERFILES[image])
+    for stage in [s for s in parts if s[0][1].endswith(" AS builder")] + [parts[-1]]:
         copies = [args for word, args in stage if word == "COPY" and args.startswith("docker/certs/")]
         runs = " ".join(args for word, args in stage if word == "RUN")
         assert copies and "update-ca-certificates" in runs
