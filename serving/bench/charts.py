@@ -101,6 +101,7 @@ def memory_chart(res: BenchmarkResults, path: Path) -> None:
         [r.backend for r in res.inprocess],
         {
             "peak RSS": [r.peak_rss_mb for r in res.inprocess],
+            "private (RssAnon)": [r.anon_rss_mb for r in res.inprocess],
             "model (peak − before load)": [model_memory_mb(r) for r in res.inprocess],
         },
         "MB",

@@ -110,33 +110,36 @@ def default_formats(device: str) -> list[str]:
     return ["onnx", "torchscript", "onnx-int8", *(["onnx-fp16"] if device.startswith("cuda") else [])]
 
 
-def export_artifact(opts: BenchmarkOptions, folder: Path, formats: list[str], images: list[Path], say) -> list[str]:
-    """Export with the exporter's pipeline (parity checked); an int8 file failing parity is dropped, said in notes."""
+def export_artifact(
+    opts: BenchmarkOptions, work: Path, formats: list[str], images: list[Path], say
+) -> tuple[Path, list[str]]:
+    """WORK/<source name>/ from the exporter's pipeline (parity checked); an earlier export of the same weights
+    with every wanted format is reused. An int8 file failing parity is dropped and said in the notes."""
     from export.parity import ParityError
     from export.pipeline import ExportRequest, run_export
     from export.sources import checkpoint_source, torchvision_source
 
     source = torchvision_source(opts.torchvision) if opts.torchvision else checkpoint_source(opts.checkpoint)
+    folder = work / source.name
     try:
         existing = read_card(folder)
     except ConvserveError:
         existing = None
-    if existing and existing.source.weights_sha256 == source.card.weights_sha256:
-        missing = [f for f in formats if existing.file(f) is None]
-        if not missing:
-            say(f"artifact {folder}: reusing the earlier export ({', '.join(formats)})")
-            return []
+    same = existing is not None and existing.source.weights_sha256 == source.card.weights_sha256
+    if same and all(existing.file(f) is not None for f in formats):
+        say(f"artifact {folder}: reusing the earlier export ({', '.join(formats)})")
+        return folder, []
     request = ExportRequest(formats=formats, output_dir=folder, force=True, check_images=images, test_accuracy=False)
     try:
         run_export(source, request)
-        return []
+        return folder, []
     except ParityError as exc:
         if "onnx-int8" not in formats:
             raise ConvserveError(f"export failed its parity check: {exc}") from None
         reason = str(exc)
     request.formats = [f for f in formats if f != "onnx-int8"]
     run_export(source, request)
-    return [f"onnx-int8 was not benchmarked: its export failed the exporter's parity check ({reason})"]
+    return folder, [f"onnx-int8 was not benchmarked: its export failed the exporter's parity check ({reason})"]
 
 
 def model_info(card: ModelCard, folder: Path, source: str) -> ModelInfo:
@@ -232,9 +235,9 @@ def _run(opts, settings: RunSettings, machine, work: Path, started: float, say) 
     if opts.artifact is not None:
         folder, source = Path(opts.artifact), f"artifact {opts.artifact}"
     else:
-        folder = work / "artifact"
         source = f"torchvision:{opts.torchvision}" if opts.torchvision else str(opts.checkpoint)
-        notes += export_artifact(opts, folder, opts.formats or default_formats(settings.device), images, say)
+        folder, dropped = export_artifact(opts, work, opts.formats or default_formats(settings.device), images, say)
+        notes += dropped
     card = read_card(folder)
     model = model_info(card, folder, source)
     results = BenchmarkResults(
