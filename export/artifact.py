@@ -52,8 +52,9 @@ class ParityReport(_Card):
     images: int
     batch_sizes: list[int]
     max_abs_prob_diff: float  # softmax probabilities, exported vs eager, over all images and batch sizes
-    # fraction in [0, 1]; an image agrees when the exported top class is the eager one, or ties with it in the
-    # eager probabilities within ``tolerance`` (a random-weight model's near-uniform outputs)
+    max_abs_logit_diff: float | None = None  # the same for logits: telling where probabilities are near-uniform
+    # fraction in [0, 1]; an image agrees when the exported top class is the eager one, or when the eager
+    # probabilities of the two classes tie within 1e-6 (1e-3 for fp16): float noise may order exact ties
     top1_agreement: float
     top5_agreement: float  # fraction of images with the same set of top-5 classes
     passed: bool

@@ -32,11 +32,13 @@ class Criteria:
     tolerance: float = FP32_TOLERANCE  # max abs softmax difference allowed (when judge_prob_diff)
     min_top1_agreement: float = 1.0
     judge_prob_diff: bool = True
-    tie: float = FP32_TOLERANCE  # eager probabilities this close count as a tie for top-1 agreement
+    # eager probabilities this close count as a tie for top-1 agreement: float32 noise (~1e-7) can reorder
+    # them; kept far below the tolerance so a near-uniform (random-weight) model cannot agree by default
+    tie: float = 1e-6
 
 
 FP32 = Criteria()
-FP16 = Criteria(tolerance=FP16_TOLERANCE, min_top1_agreement=0.98, tie=FP16_TOLERANCE)
+FP16 = Criteria(tolerance=FP16_TOLERANCE, min_top1_agreement=0.98, tie=1e-3)
 INT8 = Criteria(tolerance=1.0, min_top1_agreement=INT8_MIN_TOP1, judge_prob_diff=False)
 
 
@@ -83,17 +85,26 @@ def run_batched(runner: Runner, images: torch.Tensor, batch: int) -> torch.Tenso
 
 
 def compare(
-    reference: torch.Tensor, runner: Runner, images: torch.Tensor, batch_sizes: list[int], criteria: Criteria
+    reference: torch.Tensor,
+    runner: Runner,
+    images: torch.Tensor,
+    batch_sizes: list[int],
+    criteria: Criteria,
+    reference_logits: torch.Tensor | None = None,
 ) -> ParityReport:
-    """``reference``: eager probabilities for ``images``; runs ``runner`` at each batch size and compares."""
+    """``reference``: eager probabilities for ``images`` (and their logits, reported when given); runs
+    ``runner`` at each batch size and compares."""
     ref_top1 = reference.argmax(1)
     ref_max = reference.max(1).values
     k = min(5, reference.shape[1])
     ref_top5 = reference.topk(k, dim=1).indices.sort(1).values
-    worst, top1, top5 = 0.0, 1.0, 1.0
+    worst, worst_logit, top1, top5 = 0.0, 0.0, 1.0, 1.0
     for size in batch_sizes:
-        probs = run_batched(runner, images, size).softmax(1)
+        logits = run_batched(runner, images, size)
+        probs = logits.softmax(1)
         worst = max(worst, float((probs - reference).abs().max()))
+        if reference_logits is not None:
+            worst_logit = max(worst_logit, float((logits - reference_logits).abs().max()))
         picked = probs.argmax(1)
         # a different top class still agrees when the eager model ranks it equal within the tolerance (ties)
         gap = ref_max - reference.gather(1, picked[:, None])[:, 0]
@@ -106,6 +117,7 @@ def compare(
         images=len(images),
         batch_sizes=batch_sizes,
         max_abs_prob_diff=worst,
+        max_abs_logit_diff=worst_logit if reference_logits is not None else None,
         top1_agreement=top1,
         top5_agreement=top5,
         passed=passed,
@@ -118,8 +130,9 @@ def format_report(label: str, report: ParityReport) -> str:
     verdict = "PASS" if report.passed else "FAIL"
     sources = ", ".join(f"{n} {src}" for src, n in report.sources.items())
     judged = f"tolerance {report.tolerance:g}" if report.tolerance < 1 else "not judged"
+    logit = "" if report.max_abs_logit_diff is None else f", |Δlogit| {report.max_abs_logit_diff:.2e}"
     return (
-        f"parity {label}: {verdict}  max |Δp| {report.max_abs_prob_diff:.2e} ({judged})  "
+        f"parity {label}: {verdict}  max |Δp| {report.max_abs_prob_diff:.2e} ({judged}{logit})  "
         f"top-1 {100 * report.top1_agreement:.1f}%  top-5 {100 * report.top5_agreement:.1f}%  "
         f"{report.images} images ({sources}) at batch sizes {report.batch_sizes}  [{report.runtime}]"
     )

@@ -125,7 +125,8 @@ class _Job:
         self.eager = eager_runner(self.model)
         self.images = images.batch()
         self.sources = images.sources
-        self.reference = run_batched(self.eager, self.images, PARITY_BATCH).softmax(1)
+        self.reference_logits = run_batched(self.eager, self.images, PARITY_BATCH)
+        self.reference = self.reference_logits.softmax(1)
         self.test_split = self._test_split()
         self.lines: list[str] = []
 
@@ -177,12 +178,13 @@ class _Job:
         return entry
 
     def _parity(self, fmt: str, runner: Runner, static_batch: int | None):
-        images, reference, sizes = self.images, self.reference, [1, min(PARITY_BATCH, len(self.images))]
+        images, reference, logits = self.images, self.reference, self.reference_logits
+        sizes = [1, min(PARITY_BATCH, len(images))]
         if static_batch:  # a fixed batch axis takes exactly that many images per call: tile to a multiple
             reps = -(-max(len(images), static_batch) // static_batch) * static_batch
             index = torch.arange(reps) % len(images)
-            images, reference, sizes = images[index], reference[index], [static_batch]
-        report = compare(reference, runner, images, sizes, CRITERIA[fmt])
+            images, reference, logits, sizes = images[index], reference[index], logits[index], [static_batch]
+        report = compare(reference, runner, images, sizes, CRITERIA[fmt], logits)
         return report.model_copy(update={"sources": dict(self.sources)})
 
     def _calibration(self) -> torch.Tensor:

@@ -51,14 +51,24 @@ def test_a_wrong_model_fails_even_the_int8_criteria(setup):
     assert not report.passed and report.top1_agreement < INT8.min_top1_agreement
 
 
-def test_near_ties_in_the_eager_probabilities_count_as_agreement():
-    reference = torch.tensor([[0.5, 0.5 - 1e-6, 1e-6]])  # classes 0 and 1 tie within the tolerance
-    report = compare(
-        reference, lambda b: torch.log(torch.tensor([[0.5 - 1e-6, 0.5, 1e-6]])), torch.zeros(1, 1), [1], FP32
-    )
+def probs_runner(row: list[float]):
+    return lambda batch: torch.tensor([row], dtype=torch.float64).log().float()
+
+
+def test_only_exact_ties_in_the_eager_probabilities_excuse_a_different_top_class():
+    reference = torch.tensor([[0.5, 0.5 - 2e-7, 2e-7]])  # classes 0 and 1 tie within float noise
+    report = compare(reference, probs_runner([0.5 - 2e-7, 0.5, 2e-7]), torch.zeros(1, 1), [1], FP32)
     assert report.top1_agreement == 1.0 and report.passed
-    report = compare(reference, lambda b: torch.log(torch.tensor([[1e-6, 0.5, 0.5]])), torch.zeros(1, 1), [1], FP32)
-    assert report.top1_agreement == 1.0 and not report.passed  # a tie, but probabilities far off
+    near = torch.tensor([[0.5, 0.49995, 0.00005]])  # within the 1e-4 tolerance, but not a tie
+    report = compare(near, probs_runner([0.49995, 0.5, 0.00005]), torch.zeros(1, 1), [1], FP32)
+    assert report.top1_agreement == 0.0 and not report.passed
+
+
+def test_logit_differences_are_reported_where_probabilities_say_little():
+    torch.manual_seed(0)
+    logits = 1e-3 * torch.randn(4, 1000)  # a random-weight ImageNet model: near-uniform probabilities
+    report = compare(logits.softmax(1), lambda b: logits + 1e-2, torch.zeros(4, 1), [4], FP32, logits)
+    assert report.max_abs_prob_diff < 1e-6 and report.max_abs_logit_diff == pytest.approx(1e-2, rel=1e-3)
 
 
 def test_an_image_file_is_preprocessed_exactly_like_eval_preset(tmp_path):
