@@ -118,6 +118,7 @@ def _failure(entry: ModelFile) -> str:
 
 class _Job:
     claim: Claim
+    calibration_note = ""
 
     def __init__(self, source: ExportSource, request: ExportRequest, images: CheckImages):
         self.source, self.request = source, request
@@ -140,42 +141,48 @@ class _Job:
             return None
 
     def export(self, fmt: str) -> ModelFile:
+        """Write ``fmt`` to its temporary file, then measure it: parity, test accuracy, sha256, size."""
         name = FILE_NAMES[fmt]
         tmp = self.claim.stage(name)
-        size = self.source.ckpt.preprocessing.input_size
         batch = None if fmt == "torchscript" else self.request.batch
         log.info("exporting %s ...", name)
         start = time.perf_counter()
-        opset = None
-        if fmt in ("onnx", "onnx-fp16"):
-            opset = export_onnx(
-                self.model, size, tmp, self.request.opset, batch, self.request.legacy, fp16=fmt == "onnx-fp16"
-            )
-        elif fmt == "onnx-int8":
-            calibration = self._calibration()
-            if batch:  # a fixed batch axis: calibration batches of exactly that size
-                calibration = calibration[torch.arange(-(-len(calibration) // batch) * batch) % len(calibration)]
-            quantize_int8(self.claim.staged[FILE_NAMES["onnx"]], tmp, calibration, batch or 32)
-            opset = file_opset(tmp)
-        else:
-            export_torchscript(self.model, size, tmp)
+        opset = self._write(fmt, tmp, batch)
         seconds = time.perf_counter() - start
         runner, runtime = torchscript_runner(tmp) if fmt == "torchscript" else onnx_runner(tmp)
         report = self._parity(fmt, runner, batch).model_copy(update={"runtime": runtime})
         acc = None
         if self.test_split is not None:
             acc = accuracy(runner, self.test_split, batch or 64, fixed_batch=batch is not None)
+        notes = {"onnx-fp16": [FP16_NOTE.format(tol=report.tolerance)], "onnx-int8": [self.calibration_note]}
         entry = describe_file(self.claim.folder, tmp.name, fmt, opset=opset, dynamic_batch=batch is None)
         entry = entry.model_copy(
-            update={"path": name, "parity": report, "test_acc1": acc, "export_seconds": round(seconds, 2)}
+            update={
+                "path": name,
+                "parity": report,
+                "test_acc1": acc,
+                "export_seconds": round(seconds, 2),
+                "notes": notes.get(fmt, []),
+            }
         )
-        if fmt == "onnx-fp16":
-            entry.notes.append(FP16_NOTE.format(tol=report.tolerance))
-        if fmt == "onnx-int8":
-            entry.notes.append(self.calibration_note)
         self._say(f"{name}: {entry.size_bytes / 1e6:.1f} MB, exported in {seconds:.1f} s{_acc(acc)}")
         self._say(format_report(fmt, report))
         return entry
+
+    def _write(self, fmt: str, tmp: Path, batch: int | None) -> int | None:
+        """The conversion itself; returns the ONNX opset (None for TorchScript)."""
+        size = self.source.ckpt.preprocessing.input_size
+        if fmt in ("onnx", "onnx-fp16"):
+            request = self.request
+            return export_onnx(self.model, size, tmp, request.opset, batch, request.legacy, fp16=fmt == "onnx-fp16")
+        if fmt == "onnx-int8":
+            calibration = self._calibration()
+            if batch:  # a fixed batch axis: calibration batches of exactly that size
+                calibration = calibration[torch.arange(-(-len(calibration) // batch) * batch) % len(calibration)]
+            quantize_int8(self.claim.staged[FILE_NAMES["onnx"]], tmp, calibration, batch or 32)
+            return file_opset(tmp)
+        export_torchscript(self.model, size, tmp)
+        return None
 
     def _parity(self, fmt: str, runner: Runner, static_batch: int | None):
         images, reference, logits = self.images, self.reference, self.reference_logits
