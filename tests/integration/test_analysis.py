@@ -1,18 +1,19 @@
-"""Analysis commands on real small digits models: predict, compare, filters, run plots, sweep, report.
-
-The served-vs-local predict test is not here yet: it needs the TorchServe test helpers (see the report).
-"""
+"""Analysis commands on real small digits models: predict (local and over real TorchServe), compare, filters,
+run plots, sweep, report."""
 
 from __future__ import annotations
 
 import base64
 import csv
+import io
 import json
 import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -77,6 +78,27 @@ def test_predict_reads_photos_in_any_mode_and_prints_a_table(digits_run, photos,
     assert all(line.strip().startswith(("1. ", "2. ")) and line.endswith("%") for line in lines if line[0] == " ")
 
 
+def test_local_decoding_gives_the_pixels_serving_decodes(photos, tmp_path):
+    from serving.images import decode_image
+    from training.analysis.images import decode_bytes
+
+    with Image.open(photos["chelsea"]) as im:
+        im.load()
+    variants = {"jpeg": photos["chelsea"].read_bytes(), "gray-png": photos["camera"].read_bytes()}
+    for mode, fmt in (("RGBA", "PNG"), ("CMYK", "JPEG"), ("P", "PNG"), ("LA", "PNG"), ("RGB", "BMP"), ("RGB", "GIF")):
+        buf = io.BytesIO()
+        im.convert(mode).save(buf, format=fmt)
+        variants[f"{mode}-{fmt}"] = buf.getvalue()
+    wide = io.BytesIO()
+    Image.fromarray(np.asarray(im.convert("L")).astype(np.uint16) * 257).save(wide, format="PNG")
+    variants["gray16-png"] = wide.getvalue()
+    for name, data in variants.items():
+        for channels in (1, 3):
+            ours, theirs = decode_bytes(data, channels, name), decode_image(data, channels)
+            assert ours.dtype == theirs.dtype == torch.uint8 and ours.shape == theirs.shape, (name, channels)
+            assert torch.equal(ours, theirs), (name, channels)
+
+
 def test_predict_bad_input_is_a_one_line_error(digits_run, tmp_path, digit_images):
     ckpt = digits_run("mlp", 2) / "checkpoints" / "best.pt"
     text = tmp_path / "notes.jpg"
@@ -84,6 +106,41 @@ def test_predict_bad_input_is_a_one_line_error(digits_run, tmp_path, digit_image
     one_line_error(cli("predict.py", ckpt, text), "cannot decode image")
     one_line_error(cli("predict.py", tmp_path / "missing.pt", digit_images[0][0]), "does not exist")
     one_line_error(cli("predict.py", ckpt, tmp_path / "absent.png"), "cannot read image")
+
+
+def test_predict_answers_the_same_from_checkpoint_artifact_and_torchserve(digits_run, digit_images, photos, tmp_path):
+    from serving.model_archive import build_archive
+    from serving.torchserve_process import ServerSettings, TorchServeProcess, free_port
+    from tests.serving_helpers import build_artifact
+
+    run = digits_run("mlp", 2)
+    artifact = build_artifact(run, tmp_path / "artifact", ("onnx",))
+    build_archive(artifact, "digits", tmp_path / "store", backend="onnx")
+    images = [*(p for p, _ in digit_images[:6]), photos["camera"], photos["chelsea"]]
+    local = {
+        "checkpoint": cli("predict.py", run / "checkpoints" / "best.pt", *images, "--json"),
+        "artifact": cli("predict.py", artifact, *images, "--json"),
+    }
+    # a wildcard bind turns TorchServe's token authorization on, so --token is exercised for real
+    settings = ServerSettings(
+        model_store=tmp_path / "store", models={"digits": "digits.mar"}, host="0.0.0.0", port=free_port(),
+        management_port=free_port(), metrics_port=free_port(), run_dir=tmp_path / "ts",
+    )  # fmt: skip
+    with TorchServeProcess(settings) as server:
+        url = server.predictions_url("digits")
+        token = server.auth_headers()["Authorization"].removeprefix("Bearer ")
+        served = cli("predict.py", "--url", url, "--token", token, *images, "--json")
+        refused = cli("predict.py", "--url", url, images[0])
+    one_line_error(refused, "Token Authorization failed")
+    answers = {}
+    for how, proc in {**local, "served": served}.items():
+        assert proc.returncode == 0, (how, proc.stderr)
+        answers[how] = json.loads(proc.stdout)
+    for ckpt_answer, art_answer, served_answer in zip(*answers.values(), strict=True):
+        labels = [a["top"][0]["label"] for a in (ckpt_answer, art_answer, served_answer)]
+        assert labels[0] == labels[1] == labels[2], (ckpt_answer["image"], labels)
+        for a, b in ((ckpt_answer, served_answer), (art_answer, served_answer)):
+            assert a["top"][0]["probability"] == pytest.approx(b["top"][0]["probability"], abs=1e-4)
 
 
 # ---------------------------------------------------------------- compare

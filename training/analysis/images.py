@@ -1,8 +1,9 @@
 """Decode a user's image file into the uint8 CHW tensor the eval preset expects.
 
-torchvision's decoder does the common cases (JPEG incl. CMYK, PNG, GIF, WebP) with EXIF orientation applied;
-Pillow does the rest with the policies serving applies to the same bytes, so a photo gets the same answer
-locally and from TorchServe: transparency composited on white, 16-bit grayscale scaled by 1/257,
+torchvision's decoder does the common colour cases (JPEG incl. CMYK, PNG, GIF, WebP) with EXIF orientation
+applied; Pillow does the rest with the policies serving applies to the same bytes, so a photo gets the same
+answer locally and from TorchServe: transparency composited on white, 16-bit grayscale scaled by 1/257,
+grayscale for 1-channel models made from RGB by Pillow (libjpeg's own gray output differs by up to ~10 levels),
 BMP/TIFF and anything torchvision refuses converted by Pillow.
 """
 
@@ -43,9 +44,10 @@ def _header(data: bytes, name: str) -> Image.Image:
     return img
 
 
-def _needs_pillow(img: Image.Image) -> bool:
+def _needs_pillow(img: Image.Image, channels: int) -> bool:
     transparent = img.mode in _ALPHA_MODES or (img.mode == "P" and "transparency" in img.info)
-    return transparent or img.mode in _WIDE_GRAY_MODES or img.format not in ("JPEG", "PNG", "GIF", "WEBP")
+    unusual = img.mode in _WIDE_GRAY_MODES or img.format not in ("JPEG", "PNG", "GIF", "WEBP")
+    return transparent or unusual or (channels == 1 and img.mode != "L")
 
 
 def _with_pillow(img: Image.Image, channels: int, name: str) -> torch.Tensor:
@@ -57,7 +59,11 @@ def _with_pillow(img: Image.Image, channels: int, name: str) -> torch.Tensor:
         elif img.mode in _ALPHA_MODES or (img.mode == "P" and "transparency" in img.info):
             rgba = img.convert("RGBA")
             img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-        array = np.asarray(img.convert("L" if channels == 1 else "RGB"))
+        if channels == 3:
+            img = img.convert("RGB")
+        elif img.mode != "L":
+            img = img.convert("RGB").convert("L")  # to RGB first, then to gray: as serving does
+        array = np.asarray(img)
     except (OSError, ValueError, SyntaxError) as exc:
         raise ConvserveError(f"cannot decode image {name}: {_first_line(exc)}") from None
     tensor = torch.from_numpy(array.copy())
@@ -69,18 +75,14 @@ def decode_bytes(data: bytes, channels: int = 3, name: str = "image") -> torch.T
     if not data:
         raise ConvserveError(f"cannot decode image {name}: the file is empty")
     header = _header(data, name)
-    if _needs_pillow(header):
+    if _needs_pillow(header, channels):
         return _with_pillow(header, channels, name)
     mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
     try:
         img = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode, apply_exif_orientation=True)
     except RuntimeError:
         return _with_pillow(header, channels, name)  # Pillow names the problem (truncated, corrupt) if it has one
-    if img.dtype != torch.uint8:
-        img = F.to_dtype(img, torch.uint8, scale=True)
-    if img.shape[0] == 3 and channels == 1:  # torchvision ignores GRAY for GIF and WebP
-        img = F.rgb_to_grayscale(img)
-    return img
+    return img if img.dtype == torch.uint8 else F.to_dtype(img, torch.uint8, scale=True)
 
 
 def read_image(path: Path, channels: int = 3) -> torch.Tensor:

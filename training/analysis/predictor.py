@@ -86,8 +86,7 @@ class RemotePredictor:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 body = response.read()
         except urllib.error.HTTPError as exc:
-            detail = exc.read().decode("utf-8", "replace").strip().replace("\n", " ")[:300]
-            raise ConvserveError(f"{self.url} answered {exc.code} for {name}: {detail}") from None
+            raise ConvserveError(f"{self.url} answered {exc.code} for {name}: {_error_text(exc.read())}") from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ConvserveError(f"cannot reach {self.url}: {reason}") from None
@@ -96,6 +95,16 @@ class RemotePredictor:
         except ValueError:
             raise ConvserveError(f"{self.url} answered with something that is not JSON: {body[:100]!r}") from None
         return parse_answer(answer, name)[:topk]
+
+
+def _error_text(body: bytes) -> str:
+    """TorchServe and our handler answer errors as JSON with a message; show that, else the raw text."""
+    try:
+        answer = json.loads(body)
+        text = str(answer.get("message") or answer.get("error") or answer)
+    except (ValueError, AttributeError):
+        text = body.decode("utf-8", "replace")
+    return " ".join(text.split())[:300]
 
 
 _LABEL_KEYS = ("label", "class", "name")
