@@ -35,6 +35,9 @@ class ModelConfig(_Strict):
         None, description="ResNet 3x3 stem without max-pool; None: when input <= 64 px"
     )
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    # "kaiming": He-normal conv/linear weights; torchvision's AlexNet keeps PyTorch's default init, whose
+    # signal shrinks layer by layer and leaves AlexNet near chance for the first epochs on small data.
+    init: Literal["default", "kaiming"] = "default"
 
 
 class OptimConfig(_Strict):

@@ -164,6 +164,7 @@ def build_session(cfg: TrainConfig, info: DistInfo, device: torch.device, run_di
         m.small_input_stem,
         m.dropout,
         m.pretrained,
+        m.init,
     )
     model.to(device)
     if cfg.run.channels_last:

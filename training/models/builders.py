@@ -63,6 +63,7 @@ def build_model(
     small_input_stem: bool | None = None,
     dropout: float = 0.5,
     pretrained: bool = False,
+    init: str = "default",
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Return the model and the options needed to rebuild it (stored in the checkpoint)."""
     if arch not in ARCH_MIN_INPUT:
@@ -80,7 +81,17 @@ def build_model(
             raise ConvserveError("the mlp baseline has no pretrained weights")
         model = MLP(in_features=3 * input_size * input_size, num_classes=num_classes, dropout=dropout)
     swap_activations(model, activation)
+    if init == "kaiming" and not pretrained:
+        kaiming_init(model)
     return model, options
+
+
+def kaiming_init(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 def model_from_checkpoint(ckpt: Any) -> nn.Module:
