@@ -1,5 +1,5 @@
 """The whole pipeline in real containers through docker/e2e.sh: images build, `compose up trainer` trains,
-`compose up serve` serves, a digit gets a top-5 answer with the token (401 without), a bounded load test runs,
+`compose up serve` serves, a digit gets a top-5 answer with the token (refused without), a bounded load test runs,
 and the script leaves none of its containers, networks or volumes behind."""
 
 from __future__ import annotations
@@ -47,6 +47,6 @@ def test_pipeline_in_containers(tmp_path):
     assert isinstance(top5, dict) and len(top5) == 5, top5  # {class name: probability}, most likely first
     assert set(top5) <= {str(d) for d in range(10)}, "the served classes are not the digits the model learnt"
     assert 0 < sum(top5.values()) <= 1.0001 and list(top5.values()) == sorted(top5.values(), reverse=True)
-    assert "without the token: HTTP 401" in log
+    assert "without the token: refused (HTTP 4" in log
     assert "management API not reachable from the host" in log
     assert project_leftovers() == "", "e2e.sh left containers, volumes or networks of its compose project"
