@@ -25,6 +25,7 @@ def model_memory_mb(r: InProcessResult) -> float | None:
 INPROCESS_METRICS: dict[str, Callable[[InProcessResult], float | None]] = {
     "model_b1_p50_ms": lambda r: r.model_b1.p50_ms,
     "model_b1_p99_ms": lambda r: r.model_b1.p99_ms,
+    "model_b1_cpu_ms": lambda r: r.model_b1_cpu_ms,
     "end_to_end_b1_p50_ms": lambda r: r.end_to_end_b1.p50_ms,
     "load_s": lambda r: r.load_s,
     "peak_rss_mb": lambda r: r.peak_rss_mb,
@@ -34,6 +35,7 @@ INPROCESS_METRICS: dict[str, Callable[[InProcessResult], float | None]] = {
 SERVED_METRICS: dict[str, Callable[[ServedResult], float | None]] = {
     "c1_p50_ms": lambda r: r.latency_c1.latency.p50_ms,
     "c1_p99_ms": lambda r: r.latency_c1.latency.p99_ms,
+    "c1_worker_cpu_ms": lambda r: r.worker_cpu_at(1),
     "cold_start_s": lambda r: r.cold_start_s,
     "worker_rss_mb": lambda r: r.worker_rss_mb,
     "worker_peak_rss_mb": lambda r: r.worker_peak_rss_mb,

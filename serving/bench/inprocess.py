@@ -42,18 +42,25 @@ class InProcessSpec(BaseModel):
 MIN_SAMPLES = 3
 
 
-def timed(fn: Callable[[], object], iterations: int, warmup: int, budget_s: float) -> list[float]:
-    """Seconds per call of ``fn`` after ``warmup`` untimed calls; stops early when ``budget_s`` is spent."""
+def timed(
+    fn: Callable[[], object], iterations: int, warmup: int, budget_s: float, cpu: list[float] | None = None
+) -> list[float]:
+    """Seconds per call of ``fn`` after ``warmup`` untimed calls; stops early when ``budget_s`` is spent.
+
+    ``cpu``: receives the process CPU seconds per call (all threads), averaged over the timed calls.
+    """
     for _ in range(warmup):
         fn()
     samples: list[float] = []
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     while len(samples) < iterations:
         t0 = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - t0)
         if len(samples) >= MIN_SAMPLES and time.perf_counter() - start > budget_s:
             break
+    if cpu is not None:
+        cpu.append((time.process_time() - cpu_start) / len(samples))
     return samples
 
 
@@ -109,8 +116,9 @@ def measure(spec: InProcessSpec) -> InProcessResult:
     tensors = [clf.preprocess([d]) for d in decoded]
     n, w, budget = spec.iterations, spec.warmup, spec.budget_s
     nxt = _cycler(len(encoded))
-    model_b1 = timed(lambda: clf.backend(tensors[nxt()]), n, w, budget)
-    end_to_end = timed(lambda: clf.predict([encoded[nxt()]]), n, w, budget)
+    cpu: list[float] = []
+    model_b1 = timed(lambda: clf.backend(tensors[nxt()]), n, w, budget, cpu)
+    end_to_end = timed(lambda: clf.predict([encoded[nxt()]]), n, w, budget, cpu)
     decode = timed(lambda: clf.decode(encoded[nxt()]), n, w, budget)
     preprocess = timed(lambda: clf.preprocess([decoded[nxt()]]), n, w, budget)
     stock = _stock_timing(clf.card, encoded, nxt, n, w, budget) if spec.backend == "eager" else None
@@ -138,6 +146,8 @@ def measure(spec: InProcessSpec) -> InProcessResult:
         anon_rss_mb=_rss_mb(anon=True),
         peak_gpu_mb=_gpu_peak_mb(spec.device, clf.backend.name),
         model_b1=LatencyStats.from_seconds(model_b1),
+        model_b1_cpu_ms=cpu[0] * 1e3,
+        end_to_end_cpu_ms=cpu[1] * 1e3,
         end_to_end_b1=LatencyStats.from_seconds(end_to_end),
         decode=LatencyStats.from_seconds(decode),
         preprocess=LatencyStats.from_seconds(preprocess),

@@ -100,27 +100,44 @@ def is_java(pid: int) -> bool:
     return name == "java" or os.path.basename(command_line(pid).split(" ", 1)[0]) == "java"
 
 
-def torchserve_memory(launcher_pid: int) -> list[ProcessMemory]:
-    """The java frontend(s) under ``launcher_pid`` and the worker processes they started."""
+def torchserve_processes(launcher_pid: int) -> list[tuple[int, str]]:
+    """(pid, role) of the java frontend(s) under ``launcher_pid`` and of the worker processes they started."""
     tree = parent_map()
-    out: list[ProcessMemory] = []
+    out: list[tuple[int, str]] = []
     todo = list(tree.get(launcher_pid, []))
-    frontends: list[int] = []
     while todo:  # the launcher may sit between us and java (torchserve → java)
         pid = todo.pop()
         if is_java(pid):
-            frontends.append(pid)
+            out.append((pid, "frontend"))
+            out += [(worker, "worker") for worker in sorted(tree.get(pid, []))]
         else:
             todo.extend(tree.get(pid, []))
-    for java in frontends:
-        found = process_memory(java, "frontend")
-        if found:
-            out.append(found)
-        for worker in sorted(tree.get(java, [])):
-            found = process_memory(worker, "worker")
-            if found:
-                out.append(found)
     return out
+
+
+def torchserve_memory(launcher_pid: int) -> list[ProcessMemory]:
+    found = [process_memory(pid, role) for pid, role in torchserve_processes(launcher_pid)]
+    return [m for m in found if m is not None]
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of ``pid`` (all its threads) so far, from /proc/<pid>/stat."""
+    try:
+        stat = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    # after the command: state is field 3, so utime (14) and stime (15) are at offsets 11 and 12
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_role(processes: list[tuple[int, str]]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for pid, role in processes:
+        used = cpu_seconds(pid)
+        if used is not None:
+            totals[role] = totals.get(role, 0.0) + used
+    return totals
 
 
 def own_peak_rss_mb() -> float | None:

@@ -60,6 +60,10 @@ class InProcessResult(_Model):
     anon_rss_mb: float | None = None  # RssAnon at the end: private memory (libraries' shared pages excluded)
     peak_gpu_mb: float | None = None
     model_b1: LatencyStats  # backend call only, batch 1, preprocessed tensor ready
+    # process CPU time (all threads) per call: less sensitive than wall time to other processes on the machine,
+    # but spinning thread pools count in it
+    model_b1_cpu_ms: float | None = None
+    end_to_end_cpu_ms: float | None = None
     end_to_end_b1: LatencyStats  # encoded bytes → top-k answer: decode + preprocess + model + softmax/top-k
     decode: LatencyStats  # bytes → uint8 tensor (Pillow)
     preprocess: LatencyStats  # resize, crop, normalise (one image)
@@ -86,6 +90,15 @@ class Batching(_Model):
         return "no batching" if self.batch_size == 1 else f"batch {self.batch_size}/{self.max_batch_delay_ms} ms"
 
 
+class LoadCpu(_Model):
+    """CPU time the server spent per request during one load (warm-up included), from /proc/<pid>/stat."""
+
+    concurrency: int
+    requests: int
+    worker_ms_per_request: float | None
+    frontend_ms_per_request: float | None
+
+
 class ServedResult(_Model):
     """One TorchServe configuration: a model archive kind with one batching setting, on its own server."""
 
@@ -98,6 +111,7 @@ class ServedResult(_Model):
     latency_c1: LoadResult  # concurrency 1
     loads: list[LoadResult]  # throughput per concurrency (concurrency 1 is latency_c1)
     memory: list[ProcessMemory]  # frontend and workers, read from /proc after the loads
+    cpu: list[LoadCpu] = []
     errors: dict[str, int]  # summed over every load
 
     @property
@@ -114,6 +128,10 @@ class ServedResult(_Model):
     def worker_anon_mb(self) -> float | None:
         values = [m.anon_mb for m in self.memory if m.role == "worker" and m.anon_mb is not None]
         return sum(values) if values else None
+
+    def worker_cpu_at(self, concurrency: int) -> float | None:
+        found = next((c for c in self.cpu if c.concurrency == concurrency), None)
+        return found.worker_ms_per_request if found else None
 
     def throughput_at(self, concurrency: int) -> float | None:
         found = next((r for r in self.loads if r.concurrency == concurrency), None)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from export.artifact import read_card
 from serving.bench.loadgen import LoadPlan, LoadResult, Payload, run_load_sync
-from serving.bench.procfs import torchserve_memory
-from serving.bench.results import Batching, ServedResult, ServedSkip
+from serving.bench.procfs import cpu_by_role, torchserve_memory, torchserve_processes
+from serving.bench.results import Batching, LoadCpu, ServedResult, ServedSkip
 from serving.bench.stock import build_stock_archive, stock_unsupported
 from serving.model_archive import ArchiveSettings, build_archive
 from serving.torchserve_process import ServerSettings, TorchServeProcess, free_port
@@ -63,9 +63,11 @@ def build(plan: ServedPlan, kind: str, batching: Batching, store: Path) -> Path:
     return build_archive(plan.artifact, name, store, backend=kind, force=True, settings=settings)
 
 
-def _loads(plan: ServedPlan, url: str) -> list[LoadResult]:
-    """Concurrency 1 bounded by count (latency), the others by time (throughput); each capped in time."""
-    out = []
+def _loads(plan: ServedPlan, url: str, launcher_pid: int) -> tuple[list[LoadResult], list[LoadCpu]]:
+    """Concurrency 1 bounded by count (latency), the others by time (throughput); each capped in time.
+    The server's CPU time is read around each load."""
+    out, cpu = [], []
+    processes = torchserve_processes(launcher_pid)
     for concurrency in plan.concurrencies:
         if concurrency == 1:
             load = LoadPlan(url, plan.payloads, 1, requests=plan.latency_requests, duration_s=plan.load_duration_s * 3)
@@ -74,8 +76,27 @@ def _loads(plan: ServedPlan, url: str) -> list[LoadResult]:
         load.warmup = max(plan.warmup, 2 * concurrency)
         load.timeout_s = 120.0
         load.max_duration_s = plan.load_duration_s * 3 + 120.0
-        out.append(run_load_sync(load))
-    return out
+        before = cpu_by_role(processes)
+        result = run_load_sync(load)
+        out.append(result)
+        cpu.append(_cpu_per_request(before, cpu_by_role(processes), result, load.warmup))
+    return out, cpu
+
+
+def _cpu_per_request(before: dict, after: dict, result: LoadResult, warmup: int) -> LoadCpu:
+    requests = result.completed + warmup
+
+    def per(role: str) -> float | None:
+        if role not in before or role not in after or not requests:
+            return None
+        return (after[role] - before[role]) * 1e3 / requests
+
+    return LoadCpu(
+        concurrency=result.concurrency,
+        requests=requests,
+        worker_ms_per_request=per("worker"),
+        frontend_ms_per_request=per("frontend"),
+    )
 
 
 def serve_one(plan: ServedPlan, kind: str, batching: Batching, archive: Path) -> ServedResult:
@@ -90,7 +111,7 @@ def serve_one(plan: ServedPlan, kind: str, batching: Batching, archive: Path) ->
         startup_timeout=plan.startup_timeout_s,
     )
     with TorchServeProcess(settings) as server:
-        loads = _loads(plan, server.predictions_url(name))
+        loads, cpu = _loads(plan, server.predictions_url(name), server.proc.pid)
         memory = torchserve_memory(server.proc.pid)
         cold_start = server.startup_seconds
     errors: Counter = Counter()
@@ -107,6 +128,7 @@ def serve_one(plan: ServedPlan, kind: str, batching: Batching, archive: Path) ->
         latency_c1=c1,
         loads=loads,
         memory=memory,
+        cpu=cpu,
         errors=dict(sorted(errors.items())),
     )
 

@@ -71,7 +71,7 @@ def inprocess_section(res: BenchmarkResults) -> list[str]:
     if not res.inprocess and not res.inprocess_failures:
         return []
     sizes = res.settings.batch_sizes
-    header = ["backend", "file MB", "load s", "model p50", "p90", "p99", "end-to-end p50", "decode p50"]
+    header = ["backend", "file MB", "load s", "model p50", "p90", "p99", "model CPU ms", "end-to-end p50", "decode p50"]
     header += ["preprocess p50", *[f"b{b} img/s" for b in sizes], "peak RSS MB", "anon MB", "model MB"]
     header += ["p50 vs eager"]
     ratios = {(r.subject, r.metric): r.value for r in res.ratios if r.stage == "inprocess"}
@@ -86,6 +86,7 @@ def inprocess_section(res: BenchmarkResults) -> list[str]:
                 _f(r.model_b1.p50_ms, 2),
                 _f(r.model_b1.p90_ms, 2),
                 _f(r.model_b1.p99_ms, 2),
+                _f(r.model_b1_cpu_ms, 2),
                 _f(r.end_to_end_b1.p50_ms, 2),
                 _f(r.decode.p50_ms, 2),
                 _f(r.preprocess.p50_ms, 2),
@@ -100,7 +101,8 @@ def inprocess_section(res: BenchmarkResults) -> list[str]:
         "## In-process (each backend in its own fresh process)",
         "",
         "Latencies in ms. *model*: the backend call on a ready batch-1 tensor; *end-to-end*: JPEG bytes → top-5 "
-        "(decode + preprocess + model + softmax/top-k); *decode* / *preprocess*: those steps alone. *model MB*: "
+        "(decode + preprocess + model + softmax/top-k); *decode* / *preprocess*: those steps alone; *model CPU ms*: "
+        "process CPU time (all threads) per model call. *model MB*: "
         "peak RSS minus the RSS before loading (interpreter, torch and onnxruntime already imported); *anon*: RssAnon "
         "at the end (private memory).",
         "",
@@ -126,7 +128,8 @@ def served_section(res: BenchmarkResults) -> list[str]:
         return []
     conc = res.settings.concurrencies
     header = ["kind", "handler", "batching", "cold start s", "c1 p50", "c1 p90", "c1 p99", "c1 max"]
-    header += [f"c{c} req/s" for c in conc] + [f"c{max(conc)} p50", "worker RSS MB", "worker peak MB", "worker anon MB"]
+    header += [f"c{c} req/s" for c in conc] + [f"c{max(conc)} p50", "worker CPU ms/req c1", f"c{max(conc)}"]
+    header += ["worker RSS MB", "worker peak MB", "worker anon MB"]
     header += ["errors"]
     rows = []
     for r in res.served:
@@ -145,6 +148,8 @@ def served_section(res: BenchmarkResults) -> list[str]:
                 _f(lat.max_ms),
                 *[_f(r.throughput_at(c)) for c in conc],
                 _f(top.latency.p50_ms if top else None),
+                _f(r.worker_cpu_at(1)),
+                _f(r.worker_cpu_at(max(conc))),
                 _f(r.worker_rss_mb, 0),
                 _f(r.worker_peak_rss_mb, 0),
                 _f(r.worker_anon_mb, 0),
@@ -157,7 +162,8 @@ def served_section(res: BenchmarkResults) -> list[str]:
         "Latencies in ms, measured by the client (serving/bench/loadgen.py) on loopback. *cold start*: TorchServe "
         "process start → READY worker → first prediction answered. Worker RSS from /proc/<pid>/status (VmRSS, "
         "VmHWM) of the worker processes under the java frontend, read after the loads; *anon*: RssAnon, the private "
-        "part (VmRSS also counts the pages of shared libraries: torch alone maps ~500 MB into every worker).",
+        "part (VmRSS also counts the pages of shared libraries: torch alone maps ~500 MB into every worker). "
+        "*worker CPU ms/req*: the workers' CPU time (/proc/<pid>/stat) during a load divided by its requests.",
         "",
         *_table(header, rows),
     ]
