@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -310,5 +311,13 @@ def test_report_embeds_the_plots_of_each_run(digits_run, tmp_path):
     assert "http" not in html.split("<body>", 1)[1]  # self-contained: nothing fetched from elsewhere
     with pytest.raises(ConvserveError, match="already exists"):
         write_report(runs, out)
-    proc = cli("report.py", runs[0])
-    assert proc.returncode == 0 and (runs[0] / "report.html").is_file(), proc.stderr
+    # a run folder without plots/ (e.g. trained before plots existed): drawn in memory, the folder left as it was
+    bare = tmp_path / "bare-run"
+    bare.mkdir()
+    for name in ("metrics.csv", "summary.json", "config.yaml"):
+        shutil.copy(runs[0] / name, bare / name)
+    proc = cli("report.py", bare)
+    assert proc.returncode == 0, proc.stderr
+    assert (bare / "report.html").read_text().count('src="data:image/png;base64,') == 3
+    assert sorted(p.name for p in bare.iterdir()) == ["config.yaml", "metrics.csv", "report.html", "summary.json"]
+    one_line_error(cli("report.py", tmp_path), "holds no metrics.csv")

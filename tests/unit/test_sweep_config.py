@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,49 @@ def test_shipped_sweeps_cover_the_seed_questions():
     assert swept["batch_size"] == ["run.batch_size"]
     assert swept["learning_rate"] == ["optim.lr"]
     assert swept["epochs"] == ["run.epochs"]
+
+
+FAKE_TRAINER = """
+import json, os, sys, time
+out = sys.argv[sys.argv.index("--output-dir") + 1]
+os.makedirs(out, exist_ok=True)
+start = time.time()
+time.sleep(1.0)
+info = {"gpus": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start, "end": time.time()}
+open(os.path.join(out, "summary.json"), "w").write(json.dumps(info))
+"""
+
+
+def test_points_spread_over_gpu_slots_one_at_a_time_each(tmp_path, monkeypatch):
+    """The multi-GPU schedule without GPUs: a stand-in trainer reports the CUDA_VISIBLE_DEVICES it was given.
+
+    Real multi-GPU runs cannot happen on this machine; everything but train.py itself is the real runner.
+    """
+    from training.analysis import sweep_runner
+
+    fake = tmp_path / "fake_train.py"
+    fake.write_text(FAKE_TRAINER)
+    monkeypatch.setattr(sweep_runner, "TRAIN_SCRIPT", fake)
+    sweep = load_sweep(write(tmp_path, {"base": {"model": {"arch": "mlp"}}, "grid": {"run.seed": [1, 2, 3, 4, 5]}}))
+    out = tmp_path / "sweep"
+    outcomes = sweep_runner.run_points(sweep, out, slots=["0", "1"], echo=lambda _: None)
+    assert [o.status for o in outcomes] == ["done"] * 5 and {o.action for o in outcomes} == {"ran"}
+    runs = [json.loads((out / p.name / "summary.json").read_text()) for p in sweep.points]
+    assert {r["gpus"] for r in runs} == {"0", "1"}
+    for gpu in ("0", "1"):  # never two points on one GPU at once
+        spans = sorted((r["start"], r["end"]) for r in runs if r["gpus"] == gpu)
+        assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
+    first, second = sorted(runs, key=lambda r: r["start"])[:2]
+    assert second["start"] < first["end"]  # the two GPUs were busy at the same time
+    assert all(yaml.safe_load((out / "configs" / f"{p.name}.yaml").read_text()) == p.tree for p in sweep.points)
+
+
+def test_a_sweep_folder_refuses_a_point_with_changed_settings(tmp_path):
+    from training.analysis.sweep_runner import _write_point_config
+
+    point = load_sweep(write(tmp_path, {"grid": {"lr": [0.1]}})).points[0]
+    _write_point_config(tmp_path / "sweep", point)
+    _write_point_config(tmp_path / "sweep", point)  # the same settings again: fine
+    point.tree["run"] = {"epochs": 99}
+    with pytest.raises(ConvserveError, match="already ran point lr-0.1 with other settings"):
+        _write_point_config(tmp_path / "sweep", point)

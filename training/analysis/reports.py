@@ -127,9 +127,9 @@ def write_report(run_dirs: list[Path], output: Path | None = None, force: bool =
             raise ConvserveError("several runs: say where the report goes with --output FILE.html")
         output = Path(run_dirs[0]) / "report.html"
     output = Path(output)
+    html = build_report(run_dirs)  # first: a folder that is not a run is the error worth reporting
     if output.exists() and not force:
         raise ConvserveError(f"{output} already exists; pick another --output or pass --force")
-    html = build_report(run_dirs)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(html)
     return output

@@ -59,11 +59,12 @@ def point_row(root: Path, outcome: PointOutcome, keys: list[str]) -> dict[str, A
     return row
 
 
-def _cell(value: Any, digits: int = 2) -> str:
+def _cell(value: Any, digits: int | None = 2) -> str:
+    """Metrics with fixed decimals; parameters (``digits`` None) as written, e.g. 0.0005, not 0.00."""
     if value is None:
         return "–"
     if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.{digits}f}"
+        return "nan" if math.isnan(value) else f"{value:g}" if digits is None else f"{value:.{digits}f}"
     return str(value).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
@@ -79,8 +80,9 @@ def markdown_table(sweep: Sweep, rows: list[dict[str, Any]]) -> str:
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",
     ]
+    digits = {col: None for col in sweep.keys} | {col: 1 for col in METRIC_COLUMNS if col.endswith("_mb")}
     for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(col), 1 if col.endswith("_mb") else 2) for col in header) + " |")
+        lines.append("| " + " | ".join(_cell(row.get(col), digits.get(col, 2)) for col in header) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -20,7 +20,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -51,7 +51,6 @@ class _Running:
     log: object
     started: float
     slot: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def say(message: str) -> None:
@@ -134,28 +133,31 @@ def _finish(root: Path, job: _Running, code: int) -> PointOutcome:
     return outcome
 
 
-def run_points(
-    sweep: Sweep, root: Path, slots: list[str | None] | None = None, echo: Callable[[str], None] | None = None
-) -> list[PointOutcome]:
-    """Run every point not finished yet; returns the outcomes in grid order."""
-    echo = echo or say
-    slots = list(slots or default_slots())
-    outcomes = [PointOutcome(p) for p in sweep.points]
-    total = len(outcomes)
+def _plan(root: Path, outcomes: list[PointOutcome], echo: Callable[[str], None]) -> deque[tuple[int, PointOutcome]]:
+    """Decide each point's action; the ones to run, numbered as in the grid."""
     pending: deque[tuple[int, PointOutcome]] = deque()
     for k, outcome in enumerate(outcomes, start=1):
         outcome.action = plan_action(root, outcome.point)
         if outcome.action == "skipped":
             outcome.status = "done"
-            echo(f"[{k}/{total}] {outcome.point.name}: finished earlier, skipped")
+            echo(f"[{k}/{len(outcomes)}] {outcome.point.name}: finished earlier, skipped")
         else:
             pending.append((k, outcome))
+    return pending
+
+
+def run_points(
+    sweep: Sweep, root: Path, slots: list[str | None] | None = None, echo: Callable[[str], None] | None = None
+) -> list[PointOutcome]:
+    """Run every point not finished yet, one per slot at a time; returns the outcomes in grid order."""
+    echo = echo or say
+    slots = list(slots or default_slots())
+    outcomes = [PointOutcome(p) for p in sweep.points]
+    total, pending = len(outcomes), _plan(root, outcomes, echo)
     running: dict[str | None, tuple[int, _Running]] = {}
     try:
         while pending or running:
-            for slot in [s for s in slots if s not in running]:
-                if not pending:
-                    break
+            for slot in [s for s in slots if s not in running][: len(pending)]:
                 k, outcome = pending.popleft()
                 running[slot] = (k, _start(root, outcome, slot))
                 where = f" on GPU {slot}" if slot is not None else ""
@@ -165,12 +167,11 @@ def run_points(
             time.sleep(0.2)
             for slot, (k, job) in list(running.items()):
                 code = job.process.poll()
-                if code is None:
-                    continue
-                del running[slot]
-                done = _finish(root, job, code)
-                result = "done" if done.status == "done" else f"FAILED (exit {code}): {done.reason}"
-                echo(f"[{k}/{total}] {done.point.name}: {result} in {done.seconds:.1f} s")
+                if code is not None:
+                    del running[slot]
+                    done = _finish(root, job, code)
+                    result = "done" if done.status == "done" else f"FAILED (exit {code}): {done.reason}"
+                    echo(f"[{k}/{total}] {done.point.name}: {result} in {done.seconds:.1f} s")
     except BaseException:
         for _, job in running.values():  # never leave training processes behind
             job.process.terminate()
