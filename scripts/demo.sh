@@ -4,6 +4,9 @@
 set -euo pipefail
 NAME="${1:?usage: demo.sh NAME}"
 PORT="${PORT:-8080}"
+CONFIG="${DEMO_CONFIG:-training/configs/demo.yaml}"
+EXTRA=()
+[ -n "${DEMO_EPOCHS:-}" ] && EXTRA=(--epochs "$DEMO_EPOCHS")   # a quick dry run of the pipeline
 BIN=.venv/bin
 RUN_DIR="runs/$NAME"
 ARTIFACT="artifacts/$NAME"
@@ -13,7 +16,7 @@ SERVE_DIR="logs/$NAME"
 step() { printf '\n== %s\n' "$*"; }
 
 step "1/5 train AlexNet on the embedded sklearn digits -> $RUN_DIR"
-"$BIN/python" training/train.py --config training/configs/demo.yaml --output-dir "$RUN_DIR"
+"$BIN/python" training/train.py --config "$CONFIG" --output-dir "$RUN_DIR" "${EXTRA[@]}"
 "$BIN/python" - "$RUN_DIR/summary.json" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
