@@ -4,7 +4,9 @@ run plots, sweep, report."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
+import importlib
 import io
 import json
 import os
@@ -23,7 +25,7 @@ from training.analysis.compare_models import compare_checkpoints
 from training.analysis.filters_viz import FILTER_TILE, MAP_TILE, grid_size, write_filter_pictures
 from training.analysis.reports import write_report
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.errors import ConvserveError
+from training.errors import ConvserveError, run_cli
 
 pytestmark = pytest.mark.slow
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -36,6 +38,15 @@ def cli(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProc
     )  # fmt: skip
 
 
+def run(script: str, *args) -> subprocess.CompletedProcess:
+    """The CLI in this process (its main behind run_cli): the same code as ``cli`` without a Python start-up."""
+    main = importlib.import_module(f"training.{script.removesuffix('.py')}").main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+        run_cli(main, [str(a) for a in args])
+    return subprocess.CompletedProcess([script, *args], exit_.value.code, out.getvalue(), err.getvalue())
+
+
 def one_line_error(proc: subprocess.CompletedProcess, needle: str) -> None:
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -43,9 +54,9 @@ def one_line_error(proc: subprocess.CompletedProcess, needle: str) -> None:
 
 
 def test_every_run_gets_its_plots(digits_run):
-    run = digits_run("mlp", 2)
+    run_dir = digits_run("mlp", 2)
     for stem in ("curves", "confusion_matrix", "per_class_acc"):
-        with Image.open(run / "plots" / f"{stem}.png") as img:
+        with Image.open(run_dir / "plots" / f"{stem}.png") as img:
             assert img.format == "PNG" and img.width > 300 and img.height > 200
 
 
@@ -72,7 +83,7 @@ def test_predict_reads_photos_in_any_mode_and_prints_a_table(digits_run, photos,
     with Image.open(photos["chelsea"]) as im:
         im.convert("RGBA").save(rgba)
         im.convert("CMYK").save(cmyk)
-    proc = cli("predict.py", ckpt, photos["camera"], rgba, cmyk, photos["chelsea"], "--topk", "2")
+    proc = run("predict.py", ckpt, photos["camera"], rgba, cmyk, photos["chelsea"], "--topk", "2")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == 4 * 3 and lines[0] == str(photos["camera"])
@@ -104,9 +115,9 @@ def test_predict_bad_input_is_a_one_line_error(digits_run, tmp_path, digit_image
     ckpt = digits_run("mlp", 2) / "checkpoints" / "best.pt"
     text = tmp_path / "notes.jpg"
     text.write_text("not an image")
-    one_line_error(cli("predict.py", ckpt, text), "cannot decode image")
-    one_line_error(cli("predict.py", tmp_path / "missing.pt", digit_images[0][0]), "does not exist")
-    one_line_error(cli("predict.py", ckpt, tmp_path / "absent.png"), "cannot read image")
+    one_line_error(run("predict.py", ckpt, text), "cannot decode image")
+    one_line_error(run("predict.py", tmp_path / "missing.pt", digit_images[0][0]), "does not exist")
+    one_line_error(run("predict.py", ckpt, tmp_path / "absent.png"), "cannot read image")
 
 
 def test_predict_answers_the_same_from_checkpoint_artifact_and_torchserve(digits_run, digit_images, photos, tmp_path):
@@ -114,13 +125,13 @@ def test_predict_answers_the_same_from_checkpoint_artifact_and_torchserve(digits
     from serving.torchserve_process import ServerSettings, TorchServeProcess, free_port
     from tests.serving_helpers import build_artifact
 
-    run = digits_run("mlp", 2)
-    artifact = build_artifact(run, tmp_path / "artifact", ("onnx",))
+    run_dir = digits_run("mlp", 2)
+    artifact = build_artifact(run_dir, tmp_path / "artifact", ("onnx",))
     build_archive(artifact, "digits", tmp_path / "store", backend="onnx")
     images = [*(p for p, _ in digit_images[:6]), photos["camera"], photos["chelsea"]]
     local = {
-        "checkpoint": cli("predict.py", run / "checkpoints" / "best.pt", *images, "--json"),
-        "artifact": cli("predict.py", artifact, *images, "--json"),
+        "checkpoint": run("predict.py", run_dir / "checkpoints" / "best.pt", *images, "--json"),
+        "artifact": run("predict.py", artifact, *images, "--json"),
     }
     # a wildcard bind turns TorchServe's token authorization on, so --token is exercised for real
     settings = ServerSettings(
@@ -131,7 +142,7 @@ def test_predict_answers_the_same_from_checkpoint_artifact_and_torchserve(digits
         url = server.predictions_url("digits")
         token = server.auth_headers()["Authorization"].removeprefix("Bearer ")
         served = cli("predict.py", "--url", url, "--token", token, *images, "--json")
-        refused = cli("predict.py", "--url", url, images[0])
+        refused = run("predict.py", "--url", url, images[0])
     one_line_error(refused, "Token Authorization failed")
     answers = {}
     for how, proc in {**local, "served": served}.items():
@@ -162,8 +173,8 @@ def test_compare_with_itself_finds_no_disagreement(digits_run):
 def test_compare_epoch_1_with_a_longer_run(digits_run):
     short, longer = digits_run("mlp", 1), digits_run("mlp", 2)
     c = compare_checkpoints(short / "checkpoints" / "best.pt", longer / "checkpoints" / "best.pt")
-    for side, run in ((c.a, short), (c.b, longer)):
-        assert abs(side.acc1 - json.loads((run / "summary.json").read_text())["test_acc1"]) < 1e-9
+    for side, run_dir in ((c.a, short), (c.b, longer)):
+        assert abs(side.acc1 - json.loads((run_dir / "summary.json").read_text())["test_acc1"]) < 1e-9
     correct_a, correct_b = round(c.a.acc1 * c.count / 100), round(c.b.acc1 * c.count / 100)
     # images only one model gets right account exactly for the difference in correct answers
     assert c.b_right_a_wrong - c.a_right_b_wrong == correct_b - correct_a
@@ -172,7 +183,7 @@ def test_compare_epoch_1_with_a_longer_run(digits_run):
     assert sum(r["count"] for r in c.per_class) == c.count == 270
     d = c.disagreements[0]
     assert d.top5_a[0][0] != d.top5_b[0][0] and len(d.top5_a) == 5 and 0 <= d.index < 270
-    text = cli("compare.py", short / "checkpoints" / "best.pt", longer / "checkpoints" / "best.pt", "--show", "2")
+    text = run("compare.py", short / "checkpoints" / "best.pt", longer / "checkpoints" / "best.pt", "--show", "2")
     assert text.returncode == 0 and f"disagreements (top-1 differs): {len(c.disagreements)} of 270" in text.stdout
 
 
@@ -185,16 +196,16 @@ def test_compare_refuses_models_of_different_classes(digits_run, tmp_path):
         compare_checkpoints(ckpt.path, other)
     ckpt.dataset = "mnist"
     save_checkpoint(ckpt, other)
-    one_line_error(cli("compare.py", digits_run("mlp", 2) / "checkpoints" / "best.pt", other), "different datasets")
+    one_line_error(run("compare.py", digits_run("mlp", 2) / "checkpoints" / "best.pt", other), "different datasets")
 
 
 # ---------------------------------------------------------------- filters
 
 
 def test_filters_writes_a_grid_per_layer_and_the_feature_maps(digits_run, digit_images, tmp_path):
-    run = digits_run("alexnet", 1)
+    run_dir = digits_run("alexnet", 1)
     out = tmp_path / "filters"
-    written = write_filter_pictures(run / "checkpoints" / "best.pt", digit_images[0][0], n=6, output_dir=out)
+    written = write_filter_pictures(run_dir / "checkpoints" / "best.pt", digit_images[0][0], n=6, output_dir=out)
     convs = 5  # torchvision AlexNet
     assert len(written) == convs + 1 + 1 + convs  # filters, layer 1 in RGB, the input, feature maps
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)
@@ -206,23 +217,23 @@ def test_filters_writes_a_grid_per_layer_and_the_feature_maps(digits_run, digit_
             )  # fmt: skip
             assert img.format == "PNG" and img.mode == "RGB" and img.size == expected, path.name
     with pytest.raises(ConvserveError, match="already holds"):  # never overwritten silently
-        write_filter_pictures(run / "checkpoints" / "best.pt", n=6, output_dir=out)
-    assert len(write_filter_pictures(run / "checkpoints" / "best.pt", n=6, output_dir=out, force=True)) == convs + 1
+        write_filter_pictures(run_dir / "checkpoints" / "best.pt", n=6, output_dir=out)
+    assert len(write_filter_pictures(run_dir / "checkpoints" / "best.pt", n=6, output_dir=out, force=True)) == convs + 1
 
 
 def test_filters_cli_default_folder_layers_and_errors(digits_run):
-    run = digits_run("alexnet", 1)
-    proc = cli("filters.py", run / "checkpoints" / "best.pt", "--layers", "2", "features.0", "--n", "3")
+    run_dir = digits_run("alexnet", 1)
+    proc = cli("filters.py", run_dir / "checkpoints" / "best.pt", "--layers", "2", "features.0", "--n", "3")
     assert proc.returncode == 0, proc.stderr
-    folders = list((run / "filters").iterdir())
+    folders = list((run_dir / "filters").iterdir())
     assert len(folders) == 1 and folders[0].name.startswith("best-")
     assert sorted(p.name for p in folders[0].iterdir()) == [
         "filters_01_features.0.png",
         "filters_01_features.0_rgb.png",
         "filters_02_features.3.png",
     ]
-    one_line_error(cli("filters.py", run / "checkpoints" / "best.pt", "--layers", "9"), "no conv layer '9'")
-    one_line_error(cli("filters.py", digits_run("mlp", 2) / "checkpoints" / "best.pt"), "has no conv layers")
+    one_line_error(run("filters.py", run_dir / "checkpoints" / "best.pt", "--layers", "9"), "no conv layer '9'")
+    one_line_error(run("filters.py", digits_run("mlp", 2) / "checkpoints" / "best.pt"), "has no conv layers")
 
 
 # ---------------------------------------------------------------- sweep
@@ -269,7 +280,7 @@ def test_sweep_records_failures_skips_finished_and_resumes_interrupted(tmp_path)
 
     # rerun: the finished point is skipped untouched, the failed one tried again (its folder moved aside)
     stamp = (out / done / "summary.json").stat().st_mtime_ns
-    proc = cli("sweep.py", "--config", config, "--output-dir", out)
+    proc = run("sweep.py", "--config", config, "--output-dir", out)
     rows = read_rows(out / "results.csv")
     assert proc.returncode == 1 and "finished earlier, skipped" in proc.stdout
     assert (rows[done]["action"], rows[done]["status"]) == ("skipped", "done")
@@ -277,10 +288,15 @@ def test_sweep_records_failures_skips_finished_and_resumes_interrupted(tmp_path)
     assert (rows[failed]["action"], rows[failed]["status"]) == ("ran", "failed")
     assert len(list((out / "stale").iterdir())) == 1
 
-    # an interrupted point (checkpoints/last.pt but no summary.json) is resumed, not restarted
+    # an interrupted point (checkpoints/last.pt but no summary.json) is resumed, not restarted; the grid may
+    # shrink (the failing value dropped) while the remaining point keeps its settings
     (out / done / "summary.json").unlink()
-    proc = cli("sweep.py", "--config", config, "--output-dir", out)
+    tree = yaml.safe_load(config.read_text())
+    tree["grid"]["dataset"] = ["digits"]
+    config.write_text(yaml.safe_dump(tree))
+    proc = run("sweep.py", "--config", config, "--output-dir", out)
     rows = read_rows(out / "results.csv")
+    assert proc.returncode == 0 and list(rows) == [done]
     assert (rows[done]["action"], rows[done]["status"]) == ("resumed", "done"), proc.stdout
     assert json.loads((out / done / "summary.json").read_text())["test_acc1"] == pytest.approx(summary["test_acc1"])
 
@@ -288,7 +304,7 @@ def test_sweep_records_failures_skips_finished_and_resumes_interrupted(tmp_path)
 def test_sweep_bad_config_is_a_one_line_error(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump({"base": {"model": {"arch": "mlp"}}, "grid": {"optim.learning_rate": [0.1]}}))
-    one_line_error(cli("sweep.py", "--config", config, "--output-dir", tmp_path / "s"), "optim.learning_rate")
+    one_line_error(run("sweep.py", "--config", config, "--output-dir", tmp_path / "s"), "optim.learning_rate")
     assert not (tmp_path / "s").exists()
 
 
@@ -302,9 +318,9 @@ def test_report_embeds_the_plots_of_each_run(digits_run, tmp_path):
     images = html.split('src="data:image/png;base64,')[1:]
     assert len(images) == 3 * len(runs)
     assert all(base64.b64decode(chunk.split('"', 1)[0]).startswith(PNG_SIGNATURE) for chunk in images)
-    for run in runs:
-        summary = json.loads((run / "summary.json").read_text())
-        assert str(run) in html and f"{summary['test_acc1']:.2f}" in html
+    for run_dir in runs:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert str(run_dir) in html and f"{summary['test_acc1']:.2f}" in html
     assert html.count("<th>accuracy (%)</th>") == len(runs)  # a per-class table per run
     eights = summary["confusion_matrix"][8]
     assert f"<tr><td>8</td><td>{sum(eights)}</td><td>{eights[8]}</td>" in html
@@ -320,4 +336,4 @@ def test_report_embeds_the_plots_of_each_run(digits_run, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (bare / "report.html").read_text().count('src="data:image/png;base64,') == 3
     assert sorted(p.name for p in bare.iterdir()) == ["config.yaml", "metrics.csv", "report.html", "summary.json"]
-    one_line_error(cli("report.py", tmp_path), "holds no metrics.csv")
+    one_line_error(run("report.py", tmp_path), "holds no metrics.csv")
