@@ -97,6 +97,9 @@ def save_checkpoint(ckpt: Checkpoint, path: Path, durable: bool = False) -> None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.fchmod(fd, 0o666 & ~mask)  # mkstemp's 0600 would survive the rename
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(ckpt.to_payload(), fh)

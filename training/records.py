@@ -26,8 +26,16 @@ METRIC_COLUMNS = [
 RUN_MARKERS = ("config.yaml", "metrics.csv", "summary.json", "checkpoints")
 
 
+def umask_mode() -> int:
+    """The mode a plain open() would give: mkstemp's temp files are 0600, which would outlive the rename."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, umask_mode())
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
     os.replace(tmp, path)
@@ -88,6 +96,7 @@ class RunRecorder:
     def _write_csv(self) -> None:
         target = self.path / "metrics.csv"
         fd, tmp = tempfile.mkstemp(prefix=".metrics.", suffix=".tmp", dir=self.path)
+        os.fchmod(fd, umask_mode())
         with os.fdopen(fd, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
             writer.writeheader()
