@@ -142,7 +142,7 @@ def test_predict_answers_the_same_from_checkpoint_artifact_and_torchserve(digits
         url = server.predictions_url("digits")
         token = server.auth_headers()["Authorization"].removeprefix("Bearer ")
         served = cli("predict.py", "--url", url, "--token", token, *images, "--json")
-        refused = run("predict.py", "--url", url, images[0])
+        refused = cli("predict.py", "--url", url, images[0])  # own process: no proxy settings leaked by other tests
     one_line_error(refused, "Token Authorization failed")
     answers = {}
     for how, proc in {**local, "served": served}.items():
