@@ -15,12 +15,23 @@ from serving.bench.results import BenchmarkResults  # noqa: E402
 CHART_FILES = ("latency_by_backend.png", "throughput_vs_concurrency.png", "throughput_vs_batch.png", "memory.png")
 
 
+def _short(r) -> str:
+    """A served configuration's bar label: kind, and the batching when there is any."""
+    b = r.batching
+    return r.kind if b.batch_size == 1 else f"{r.kind}\nb{b.batch_size}/{b.max_batch_delay_ms}ms"
+
+
 def _bars(ax, labels: list[str], series: dict[str, list[float | None]], ylabel: str, title: str) -> None:
+    if not labels:
+        ax.set_title(f"{title}: not measured", fontsize=10)
+        ax.set_axis_off()
+        return
     width = 0.8 / max(1, len(series))
     for i, (name, values) in enumerate(series.items()):
         xs = [j + i * width for j in range(len(labels))]
         ax.bar(xs, [v if v is not None else 0 for v in values], width, label=name)
-    ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(labels))], labels, rotation=20, ha="right")
+    ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(labels))], labels, rotation=35, ha="right")
+    ax.tick_params(axis="x", labelsize=8)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
@@ -28,7 +39,7 @@ def _bars(ax, labels: list[str], series: dict[str, list[float | None]], ylabel: 
 
 
 def latency_chart(res: BenchmarkResults, path: Path) -> None:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [2, 3]})
     names = [r.backend for r in res.inprocess]
     _bars(
         left,
@@ -41,10 +52,10 @@ def latency_chart(res: BenchmarkResults, path: Path) -> None:
         "ms",
         "In-process latency at batch 1",
     )
-    if res.nominal_floor_ms:
+    if res.nominal_floor_ms and res.inprocess:
         left.axhline(res.nominal_floor_ms, color="k", ls="--", lw=1, label="weight-read floor (nominal)")
         left.legend(fontsize=8)
-    labels = [f"{r.kind}\n{r.batching.label}" for r in res.served]
+    labels = [_short(r) for r in res.served]
     _bars(
         right,
         labels,
@@ -59,7 +70,12 @@ def latency_chart(res: BenchmarkResults, path: Path) -> None:
 
 
 def throughput_concurrency_chart(res: BenchmarkResults, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    if not res.served:
+        ax.set_title("Through TorchServe: not measured", fontsize=10)
+        ax.set_axis_off()
+        _save(fig, path, res)
+        return
     for r in res.served:
         points = sorted((x.concurrency, x.throughput_rps) for x in r.loads)
         style = "--" if r.kind == "stock" else "-"
@@ -77,7 +93,12 @@ def throughput_concurrency_chart(res: BenchmarkResults, path: Path) -> None:
 
 
 def throughput_batch_chart(res: BenchmarkResults, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    if not res.inprocess:
+        ax.set_title("In-process: not measured", fontsize=10)
+        ax.set_axis_off()
+        _save(fig, path, res)
+        return
     for r in res.inprocess:
         points = [(1, 1000.0 / r.model_b1.p50_ms if r.model_b1.p50_ms else None)]
         points += [(p.batch_size, p.images_per_s) for p in r.throughput]
@@ -95,7 +116,7 @@ def throughput_batch_chart(res: BenchmarkResults, path: Path) -> None:
 
 
 def memory_chart(res: BenchmarkResults, path: Path) -> None:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [2, 3]})
     _bars(
         left,
         [r.backend for r in res.inprocess],
@@ -109,7 +130,7 @@ def memory_chart(res: BenchmarkResults, path: Path) -> None:
     )
     _bars(
         right,
-        [f"{r.kind}\n{r.batching.label}" for r in res.served],
+        [_short(r) for r in res.served],
         {
             "worker RSS": [r.worker_rss_mb for r in res.served],
             "worker peak": [r.worker_peak_rss_mb for r in res.served],

@@ -99,7 +99,6 @@ def _nvidia_smi_mb() -> float | None:
 
 def measure(spec: InProcessSpec) -> InProcessResult:
     import onnxruntime  # noqa: F401  every backend's process holds both runtimes: the baselines compare
-    import torch
 
     from serving.backends import default_threads
     from serving.classifier import Classifier
@@ -112,27 +111,11 @@ def measure(spec: InProcessSpec) -> InProcessResult:
     load_s = time.perf_counter() - start
     rss_after = _rss_mb()
     model_file = Path(spec.artifact) / next(f.path for f in clf.card.files if f.format == spec.backend)
-    decoded = [clf.decode(b) for b in encoded]
-    tensors = [clf.preprocess([d]) for d in decoded]
-    n, w, budget = spec.iterations, spec.warmup, spec.budget_s
-    nxt = _cycler(len(encoded))
-    cpu: list[float] = []
-    model_b1 = timed(lambda: clf.backend(tensors[nxt()]), n, w, budget, cpu)
-    end_to_end = timed(lambda: clf.predict([encoded[nxt()]]), n, w, budget, cpu)
-    decode = timed(lambda: clf.decode(encoded[nxt()]), n, w, budget)
-    preprocess = timed(lambda: clf.preprocess([decoded[nxt()]]), n, w, budget)
-    stock = _stock_timing(clf.card, encoded, nxt, n, w, budget) if spec.backend == "eager" else None
-    points = []
-    for size in spec.batch_sizes:
-        batch = torch.cat([tensors[i % len(tensors)] for i in range(size)])
-        samples = timed(lambda b=batch: clf.backend(b), spec.batch_iterations, min(w, 2), budget)
-        points.append(
-            ThroughputPoint(
-                batch_size=size,
-                images_per_s=size * len(samples) / sum(samples),
-                batch_latency=LatencyStats.from_seconds(samples),
-            )
-        )
+    figures = _latencies(clf, encoded, spec)
+    points = _throughput(clf, encoded, spec)
+    # memory now, before the stock reference timing imports TorchServe's handler (and captum) into this process
+    peak, anon, gpu = own_peak_rss_mb(), _rss_mb(anon=True), _gpu_peak_mb(spec.device, clf.backend.name)
+    stock = _stock_timing(clf.card, encoded, spec) if spec.backend == "eager" else None
     return InProcessResult(
         backend=spec.backend,
         model_file=model_file.name,
@@ -142,22 +125,57 @@ def measure(spec: InProcessSpec) -> InProcessResult:
         load_s=load_s,
         rss_before_load_mb=rss_before,
         rss_after_load_mb=rss_after,
-        peak_rss_mb=own_peak_rss_mb(),
-        anon_rss_mb=_rss_mb(anon=True),
-        peak_gpu_mb=_gpu_peak_mb(spec.device, clf.backend.name),
-        model_b1=LatencyStats.from_seconds(model_b1),
-        model_b1_cpu_ms=cpu[0] * 1e3,
-        end_to_end_cpu_ms=cpu[1] * 1e3,
-        end_to_end_b1=LatencyStats.from_seconds(end_to_end),
-        decode=LatencyStats.from_seconds(decode),
-        preprocess=LatencyStats.from_seconds(preprocess),
+        peak_rss_mb=peak,
+        anon_rss_mb=anon,
+        peak_gpu_mb=gpu,
+        **figures,
         stock_decode_preprocess=LatencyStats.from_seconds(stock) if stock else None,
         throughput=points,
         wall_s=time.perf_counter() - wall,
     )
 
 
-def _stock_timing(card, encoded: list[bytes], nxt, n: int, w: int, budget: float) -> list[float] | None:
+def _latencies(clf, encoded: list[bytes], spec: InProcessSpec) -> dict:
+    """Batch-1 figures: the model alone, end to end, decode and preprocess alone."""
+    decoded = [clf.decode(b) for b in encoded]
+    tensors = [clf.preprocess([d]) for d in decoded]
+    n, w, budget = spec.iterations, spec.warmup, spec.budget_s
+    nxt = _cycler(len(encoded))
+    cpu: list[float] = []
+    model_b1 = timed(lambda: clf.backend(tensors[nxt()]), n, w, budget, cpu)
+    end_to_end = timed(lambda: clf.predict([encoded[nxt()]]), n, w, budget, cpu)
+    decode = timed(lambda: clf.decode(encoded[nxt()]), n, w, budget)
+    preprocess = timed(lambda: clf.preprocess([decoded[nxt()]]), n, w, budget)
+    return {
+        "model_b1": LatencyStats.from_seconds(model_b1),
+        "model_b1_cpu_ms": cpu[0] * 1e3,
+        "end_to_end_b1": LatencyStats.from_seconds(end_to_end),
+        "end_to_end_cpu_ms": cpu[1] * 1e3,
+        "decode": LatencyStats.from_seconds(decode),
+        "preprocess": LatencyStats.from_seconds(preprocess),
+    }
+
+
+def _throughput(clf, encoded: list[bytes], spec: InProcessSpec) -> list[ThroughputPoint]:
+    """The model alone on batches of preprocessed images (the photos repeated)."""
+    import torch
+
+    tensors = [clf.preprocess([clf.decode(b)]) for b in encoded]
+    points = []
+    for size in spec.batch_sizes:
+        batch = torch.cat([tensors[i % len(tensors)] for i in range(size)])
+        samples = timed(lambda b=batch: clf.backend(b), spec.batch_iterations, min(spec.warmup, 2), spec.budget_s)
+        points.append(
+            ThroughputPoint(
+                batch_size=size,
+                images_per_s=size * len(samples) / sum(samples),
+                batch_latency=LatencyStats.from_seconds(samples),
+            )
+        )
+    return points
+
+
+def _stock_timing(card, encoded: list[bytes], spec: InProcessSpec) -> list[float] | None:
     """The stock handler's PIL decode + torchvision (v1) transforms, on the same bytes."""
     import io
 
@@ -170,7 +188,8 @@ def _stock_timing(card, encoded: list[bytes], nxt, n: int, w: int, budget: float
     from ts.torch_handler.image_classifier import ImageClassifier
 
     transform = ImageClassifier.image_processing
-    return timed(lambda: transform(Image.open(io.BytesIO(encoded[nxt()]))), n, w, budget)
+    nxt = _cycler(len(encoded))
+    return timed(lambda: transform(Image.open(io.BytesIO(encoded[nxt()]))), spec.iterations, spec.warmup, spec.budget_s)
 
 
 def _cycler(n: int) -> Callable[[], int]:

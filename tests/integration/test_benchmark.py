@@ -44,8 +44,12 @@ def assert_consistent(res: BenchmarkResults) -> None:
     for stats in all_stats(res):
         assert stats.count > 0
         assert stats.min_ms <= stats.p50_ms <= stats.p90_ms <= stats.p95_ms <= stats.p99_ms <= stats.max_ms
+    for r in res.inprocess:
+        assert r.model_b1_cpu_ms >= 0 and r.end_to_end_cpu_ms >= 0 and r.peak_rss_mb >= r.rss_before_load_mb
     for served in res.served:
         assert served.latency_c1 in served.loads and served.latency_c1.concurrency == 1
+        assert [c.concurrency for c in served.cpu] == res.settings.concurrencies
+        assert all(c.worker_ms_per_request >= 0 and c.requests > 0 for c in served.cpu)
         assert [load.concurrency for load in served.loads] == res.settings.concurrencies
         for load in served.loads:
             assert load.ok + sum(load.errors.values()) == load.completed <= load.sent
