@@ -13,6 +13,7 @@ import torch
 
 from training.analysis.images import decode_bytes
 from training.checkpoint import load_checkpoint
+from training.data.image_files import read_image_bytes
 from training.data.presets import EvalPreset
 from training.errors import ConvserveError
 from training.models import model_from_checkpoint
@@ -155,13 +156,7 @@ def predict_files(predictor: Predictor, images: list[Path], topk: int) -> list[P
         raise ConvserveError(f"--topk must be at least 1, got {topk}")
     out = []
     for path in images:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise ConvserveError(f"cannot read image {path}: {exc.strerror or exc}") from None
-        if not data:
-            raise ConvserveError(f"cannot decode image {path}: the file is empty")
-        out.append(Prediction(str(path), predictor.predict(data, str(path), topk)))
+        out.append(Prediction(str(path), predictor.predict(read_image_bytes(path), str(path), topk)))
     return out
 
 

@@ -53,6 +53,17 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def read_image_bytes(path: str | Path) -> bytes:
+    """An image file's bytes; a missing, unreadable or empty file is a one-line ConvserveError."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConvserveError(f"cannot read image {path}: {exc.strerror or exc}") from None
+    if not data:
+        raise ConvserveError(f"cannot decode image {path}: the file is empty")
+    return data
+
+
 def decode_rgb(path: str | Path) -> torch.Tensor:
     """Decode an image file to a uint8 3xHxW RGB tensor with serving's policies (serving/images.py).
 
@@ -61,12 +72,7 @@ def decode_rgb(path: str | Path) -> torch.Tensor:
     grayscale and CMYK converted by Pillow, the first frame of an animation. (torchvision.io's decoders are
     deprecated since torchvision 0.29.)
     """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConvserveError(f"cannot read image {path}: {exc.strerror or exc}") from None
-    if not data:
-        raise ConvserveError(f"cannot decode image {path}: the file is empty")
+    data = read_image_bytes(path)
     try:
         with Image.open(io.BytesIO(data)) as img:
             pixels = _rgb_pixels(_upright(img))
