@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from serving.backends import default_threads
+from serving.backends import default_threads, share_cores
 from serving.classifier import Classifier
 from serving.errors import InputError
 from serving.payload import image_bytes
@@ -49,6 +49,7 @@ class ConvserveHandler:
             top_k=int(settings.get("top_k", 5)),
         )
         backend = self.classifier.backend
+        share_cores(backend)
         log.info("convserve: %s backend on %s, %d threads", backend.name, backend.device, threads)
         self.initialized = True
 

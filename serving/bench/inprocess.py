@@ -100,7 +100,7 @@ def _nvidia_smi_mb() -> float | None:
 def measure(spec: InProcessSpec) -> InProcessResult:
     import onnxruntime  # noqa: F401  every backend's process holds both runtimes: the baselines compare
 
-    from serving.backends import default_threads
+    from serving.backends import default_threads, share_cores
     from serving.classifier import Classifier
 
     wall = time.perf_counter()
@@ -109,6 +109,7 @@ def measure(spec: InProcessSpec) -> InProcessResult:
     start = time.perf_counter()
     clf = Classifier.from_artifact(spec.artifact, backend=spec.backend, device=spec.device, threads=spec.threads)
     load_s = time.perf_counter() - start
+    share_cores(clf.backend)  # as the TorchServe worker does
     rss_after = _rss_mb()
     model_file = Path(spec.artifact) / next(f.path for f in clf.card.files if f.format == spec.backend)
     figures = _latencies(clf, encoded, spec)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from export.artifact import PreprocessingCard, read_card, write_card
 from serving.classifier import Classifier
 from serving.errors import InputError
 from serving.handler import ConvserveHandler
-from serving.preprocessing import prepare_batch
+from serving.preprocessing import prepare_batch, resize_and_crop
 from tests.serving_helpers import EagerReference, build_artifact, random_run
 from training.checkpoint import Preprocessing
 from training.data.presets import EvalPreset
@@ -77,6 +79,37 @@ def test_batch_preprocessing_is_eval_preset_bit_for_bit(photos, channels):
     assert batch.shape == (3, 3, 56, 56) and batch.dtype == torch.float32
     expected = torch.stack([EvalPreset(pre)(t) for t in tensors])
     assert torch.equal(batch, expected)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic", "nearest"])
+@pytest.mark.parametrize("shape", [(3, 300, 451), (1, 8, 8), (3, 97, 40), (3, 64, 64)])
+def test_resize_and_crop_is_torchvision_bit_for_bit(photos, mode, shape):
+    """Down- and up-scaling, portrait and landscape, HWC-strided like decoded images; no torchvision inside."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    channels, height, width = shape
+    array = np.asarray(Image.open(photos["chelsea"]).convert("RGB" if channels == 3 else "L").resize((width, height)))
+    t = torch.from_numpy(array.copy())
+    image = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+    card = PreprocessingCard(input_size=56, resize_size=64, mean=[0.5] * 3, std=[0.25] * 3, interpolation=mode)
+    ours = resize_and_crop(image, card)
+    resized = F.resize(image, [64], interpolation=InterpolationMode(mode), antialias=True)
+    assert torch.equal(ours, F.center_crop(resized, [56, 56]))
+
+
+def test_onnx_serving_path_does_not_import_torchvision(color_artifact, photos):
+    """TorchServe workers pay for every import in RSS; the ONNX path needs torch (TorchServe) but not torchvision."""
+    code = (
+        "import sys; from serving.classifier import Classifier; "
+        f"c = Classifier.from_artifact({str(color_artifact)!r}, backend='onnx'); "
+        f"c.predict([open({str(photos['chelsea'])!r}, 'rb').read()]); "
+        "print('torchvision' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[2], check=True
+    )
+    assert out.stdout.strip() == "False"
 
 
 # --- backends ----------------------------------------------------------------------------------------------------

@@ -1,0 +1,33 @@
+"""Keep freed host memory in the process instead of handing it back to the kernel after every step.
+
+glibc serves every allocation above 32 MB with its own mmap and unmaps it on free. A training step on the
+CPU allocates and frees hundreds of MB of such tensors (AlexNet: the fp32 gradients of the 151 MB ``fc6``
+weight, autocast's bf16 weight copies), so each step page-faults and zero-fills them again: on 2 cores
+40 % of the run was kernel time, and an AlexNet step at batch 32 took 259 ms instead of 149 ms.
+Allocating from the heap and not trimming it makes those pages reusable; the price is that the process
+keeps its peak footprint until it exits (AlexNet on digits: peak RSS 2,145 → 2,464 MB), which a training run
+mostly does anyway.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import platform
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_KEEP_UP_TO = 2**30  # bytes of free heap top kept before trimming
+
+
+def retain_freed_memory() -> bool:
+    """Tune glibc's malloc for reuse; returns False (and changes nothing) on other C libraries."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_UP_TO))
