@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -107,6 +108,13 @@ def save_checkpoint(ckpt: Checkpoint, path: Path, durable: bool = False) -> None
                 fh.flush()
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError from its zip writer
+        Path(tmp).unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free / 2**20
+        raise ConvserveError(
+            f"cannot write checkpoint {path} ({free:.0f} MB free there): {str(exc).splitlines()[0]}; "
+            "the previous file under that name is intact"
+        ) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -119,8 +127,6 @@ def link_checkpoint(source: Path, target: Path) -> None:
     try:
         os.link(source, tmp)
     except OSError:  # filesystems without hard links
-        import shutil
-
         shutil.copyfile(source, tmp)
     os.replace(tmp, target)
 

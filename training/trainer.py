@@ -19,7 +19,9 @@ from training.analysis.plots import write_run_plots
 from training.checkpoint import Checkpoint, library_versions, link_checkpoint, load_checkpoint, save_checkpoint
 from training.config import TrainConfig, build_config, config_to_dict, dump_config
 from training.data import DataBundle, build_datasets
+from training.data.presets import BatchCollate
 from training.engine.distributed import DistInfo, ShardSampler, broadcast_object, init_distributed, shutdown_distributed
+from training.engine.ema import WeightAverage
 from training.engine.evaluate import EvalResult, evaluate
 from training.engine.host_memory import retain_freed_memory
 from training.engine.train_loop import train_one_epoch
@@ -44,6 +46,12 @@ class Session:
     scaler: torch.amp.GradScaler | None
     autocast: Any
     run_dir: Path
+    ema: WeightAverage | None = None
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What validation, checkpoints and export see: the weight average when there is one."""
+        return self.ema.model if self.ema is not None else self.model_without_ddp
 
 
 def resolve_device(name: str) -> torch.device:
@@ -113,7 +121,8 @@ def make_loaders(cfg: TrainConfig, data: DataBundle, info: DistInfo, device: tor
     else:
         sampler = RandomSampler(data.train, generator=torch.Generator())
     per_rank = math.ceil(len(data.train) / info.world_size)
-    train = DataLoader(data.train, sampler=sampler, drop_last=per_rank > cfg.run.batch_size, **kw)
+    collate = BatchCollate(data.train_batch_transform) if data.train_batch_transform else None
+    train = DataLoader(data.train, sampler=sampler, drop_last=per_rank > cfg.run.batch_size, collate_fn=collate, **kw)
 
     def eval_loader(ds):
         return DataLoader(ds, sampler=ShardSampler(len(ds), info), **kw) if ds is not None else None
@@ -180,12 +189,22 @@ def build_session(cfg: TrainConfig, info: DistInfo, device: torch.device, run_di
     steps = per_rank // cfg.run.batch_size if per_rank > cfg.run.batch_size else 1  # as the loader's drop_last
     scheduler = make_scheduler(cfg, optimizer, steps)
     autocast, scaler = make_autocast(cfg, device)
+    ema = WeightAverage(model_without_ddp, cfg.optim.ema_decay, cfg.optim.ema_every) if cfg.optim.ema_decay else None
     return Session(
-        cfg, info, device, data, model, model_without_ddp, options, optimizer, scheduler, scaler, autocast, run_dir
+        cfg, info, device, data, model, model_without_ddp, options, optimizer, scheduler, scaler, autocast, run_dir, ema
     )
 
 
-def make_checkpoint(s: Session, epoch: int, metrics: dict[str, Any], train_state: dict[str, Any] | None) -> Checkpoint:
+def make_checkpoint(
+    s: Session,
+    epoch: int,
+    metrics: dict[str, Any],
+    train_state: dict[str, Any] | None,
+    model_state: dict[str, torch.Tensor] | None = None,
+) -> Checkpoint:
+    """``model_state``: weights to store instead of the current ones (a remembered best epoch's)."""
+    if model_state is None:
+        model_state = {k: v.detach().cpu() for k, v in s.eval_model.state_dict().items()}
     return Checkpoint(
         arch=s.cfg.model.arch,
         num_classes=len(s.data.class_names),
@@ -193,7 +212,7 @@ def make_checkpoint(s: Session, epoch: int, metrics: dict[str, Any], train_state
         preprocessing=s.data.preprocessing,
         activation=s.cfg.model.activation,
         model_options=s.model_options,
-        model_state={k: v.detach().cpu() for k, v in s.model_without_ddp.state_dict().items()},
+        model_state=model_state,
         config=config_to_dict(s.cfg),
         metrics=metrics,
         epoch=epoch,
@@ -204,7 +223,12 @@ def make_checkpoint(s: Session, epoch: int, metrics: dict[str, Any], train_state
 
 
 def _train_state(s: Session, best: dict[str, float], history: list[dict[str, float]]) -> dict[str, Any]:
+    ema = None
+    if s.ema is not None:  # model_state holds the average; the raw weights training continues from live here
+        raw = {k: v.detach().cpu() for k, v in s.model_without_ddp.state_dict().items()}
+        ema = {"raw_model_state": raw, "steps": s.ema.steps}
     return {
+        "ema": ema,
         "optimizer": s.optimizer.state_dict(),
         "scheduler": s.scheduler.state_dict(),
         "scaler": s.scaler.state_dict() if s.scaler else None,
@@ -218,8 +242,14 @@ def _restore(s: Session) -> tuple[int, dict[str, float], list[dict[str, float]]]
     ckpt = load_checkpoint(s.run_dir / "checkpoints" / "last.pt", expected_arch=s.cfg.model.arch, with_train_state=True)
     if ckpt.class_names != s.data.class_names:
         raise ConvserveError("--resume: the dataset's classes differ from the checkpoint's")
-    s.model_without_ddp.load_state_dict(ckpt.model_state)
     state = ckpt.train_state or {}
+    if s.ema is not None:
+        if not state.get("ema"):
+            raise ConvserveError("--resume: the run's config asks for an EMA but its last.pt holds none")
+        s.model_without_ddp.load_state_dict(state["ema"]["raw_model_state"])
+        s.ema.load(ckpt.model_state, int(state["ema"]["steps"]))
+    else:
+        s.model_without_ddp.load_state_dict(ckpt.model_state)
     s.optimizer.load_state_dict(state["optimizer"])
     s.scheduler.load_state_dict(state["scheduler"])
     if s.scaler is not None and state.get("scaler"):
@@ -247,6 +277,42 @@ def _log(info: DistInfo, message: str) -> None:
         print(message, flush=True)
 
 
+def is_better(val: EvalResult, best: dict[str, float]) -> bool:
+    """Higher val acc@1; on a tie, lower val loss.
+
+    On a small val split many epochs tie on accuracy (270 digits: one image is 0.37 %) while the loss keeps
+    improving as training settles; taking the first tied epoch picked an earlier one in 6 of 7 AlexNet digits
+    runs, e.g. test acc@1 99.26 % where the tie-broken (last) epoch gives 99.63 %.
+    """
+    if val.acc1 != best["val_acc1"]:
+        return val.acc1 > best["val_acc1"]
+    return val.loss < best.get("val_loss", float("inf"))
+
+
+def save_checkpoints(
+    s: Session,
+    recorder: RunRecorder,
+    epoch: int,
+    row: dict[str, float],
+    best: dict[str, Any],
+    best_state: dict[str, torch.Tensor] | None,
+    best_on_disk: int,
+) -> int:
+    """Write last.pt (everything --resume needs) and bring best.pt up to date; returns best.pt's epoch.
+
+    Between saves (``checkpoint_every`` > 1) a better epoch lives in memory only: a killed run loses it with
+    the epochs after last.pt, and the resumed run replays them and finds it again.
+    """
+    folder = recorder.checkpoints
+    save_checkpoint(make_checkpoint(s, epoch, row, _train_state(s, best, recorder.history)), folder / "last.pt")
+    if best["epoch"] == epoch:  # the same bytes: a hard link instead of a second 100s-of-MB write
+        link_checkpoint(folder / "last.pt", folder / "best.pt")
+    elif best["epoch"] != best_on_disk and best_state is not None:
+        best_row = next(r for r in recorder.history if r["epoch"] == best["epoch"])
+        save_checkpoint(make_checkpoint(s, best["epoch"], best_row, None, model_state=best_state), folder / "best.pt")
+    return best["epoch"]
+
+
 def fit(s: Session, resume: bool) -> tuple[dict[str, Any], float, int]:
     """Train all epochs; returns (best, train_seconds, images_seen); best["state"] holds the best weights."""
     cfg, info = s.cfg, s.info
@@ -255,6 +321,7 @@ def fit(s: Session, resume: bool) -> tuple[dict[str, Any], float, int]:
     train_loader, val_loader, _ = make_loaders(cfg, s.data, info, s.device)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
     seconds, images, best_state = 0.0, 0, None
+    best_on_disk = best["epoch"]  # the epoch best.pt holds (resumed runs: as saved beside last.pt)
     for epoch in range(start, cfg.run.epochs):
         set_epoch_seed(cfg, train_loader, epoch, info)
         stats = train_one_epoch(
@@ -270,10 +337,11 @@ def fit(s: Session, resume: bool) -> tuple[dict[str, Any], float, int]:
             s.scaler,
             cfg.run.channels_last,
             cfg.run.print_freq,
+            s.ema,
         )
         seconds, images = seconds + stats.seconds, images + stats.count
         val = evaluate(
-            s.model_without_ddp,
+            s.eval_model,
             val_loader,
             s.device,
             s.data.class_names,
@@ -283,10 +351,10 @@ def fit(s: Session, resume: bool) -> tuple[dict[str, Any], float, int]:
             show_progress=False,
         )
         row = _epoch_row(epoch, stats, val, s.optimizer.param_groups[0]["lr"])
-        improved = val.acc1 > best["val_acc1"]
+        improved = is_better(val, best)
         if improved:
-            best = {"val_acc1": val.acc1, "val_acc5": val.acc5, "epoch": epoch}
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in s.model_without_ddp.state_dict().items()}
+            best = {"val_acc1": val.acc1, "val_acc5": val.acc5, "val_loss": val.loss, "epoch": epoch}
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in s.eval_model.state_dict().items()}
         _log(
             info,
             f"epoch {epoch + 1}/{cfg.run.epochs}  train loss {stats.loss:.4f} acc@1 {stats.acc1:.2f}  "
@@ -294,11 +362,8 @@ def fit(s: Session, resume: bool) -> tuple[dict[str, Any], float, int]:
         )
         if recorder is not None:
             recorder.log_epoch(row)
-            ckpt = make_checkpoint(s, epoch, row, _train_state(s, best, recorder.history))
-            # Every rank takes the same branch: val metrics are all-reduced before the comparison.
-            save_checkpoint(ckpt, recorder.checkpoints / "last.pt")
-            if improved:  # the same bytes: a hard link instead of a second 100s-of-MB write
-                link_checkpoint(recorder.checkpoints / "last.pt", recorder.checkpoints / "best.pt")
+            if (epoch + 1) % cfg.run.checkpoint_every == 0 or epoch + 1 == cfg.run.epochs:
+                best_on_disk = save_checkpoints(s, recorder, epoch, row, best, best_state, best_on_disk)
     if recorder is not None:
         recorder.close()
     return {**best, "state": best_state}, seconds, images

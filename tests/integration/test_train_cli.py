@@ -43,11 +43,30 @@ def test_run_folder_holds_everything_promised(digits_run):
     assert sum(map(sum, matrix)) == summary["test_count"] == 270
     correct = sum(matrix[i][i] for i in range(10))
     assert abs(100 * correct / 270 - summary["test_acc1"]) < 1e-9
-    # best.pt is the best *validation* epoch
-    best_row = max(rows, key=lambda r: float(r["val_acc1"]))
+    # best.pt is the best *validation* epoch: highest acc@1, ties to the lower loss
+    best_row = max(rows, key=lambda r: (float(r["val_acc1"]), -float(r["val_loss"])))
     assert summary["best_epoch"] == int(best_row["epoch"])
     payload = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
     assert payload["epoch"] == summary["best_epoch"] and payload["class_names"] == [str(d) for d in range(10)]
+
+
+def test_checkpoint_every_still_leaves_the_best_and_the_last_epoch(tmp_path):
+    run = tmp_path / "sparse"
+    # a diverging learning rate makes the first epoch the best: best.pt must come from memory, not from last.pt
+    args = ["--model", "mlp", "--epochs", "3", "--checkpoint-every", "2", "--optimizer", "adam", "--lr", "0.5",
+            "--output-dir", str(run)]  # fmt: skip
+    proc = train(*args)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert last["epoch"] == 2 and last["train_state"] is not None
+    assert best["epoch"] == summary["best_epoch"] == 0 and best["train_state"] is None
+    rows = _metrics_rows(run)
+    assert best["metrics"]["val_acc1"] == pytest.approx(float(rows[summary["best_epoch"]]["val_acc1"]))
+    out = subprocess.run([str(PYTHON), "training/evaluate.py", str(run / "checkpoints/best.pt"), "--json"],
+                         cwd=REPO, capture_output=True, text=True, check=True)  # fmt: skip
+    assert json.loads(out.stdout)["acc1"] == pytest.approx(summary["test_acc1"])
 
 
 def test_evaluate_cli_matches_the_summary(digits_run):
@@ -127,7 +146,20 @@ def _comparable(run: Path) -> tuple[dict, list[dict]]:
 
 
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
-    args = ["--model", "mlp", "--epochs", "5", "--batch-size", "8", "--deterministic", "--seed", "3"]
+    # with a weight average: both the raw weights and the average must come back
+    args = [
+        "--model",
+        "mlp",
+        "--epochs",
+        "5",
+        "--batch-size",
+        "8",
+        "--deterministic",
+        "--seed",
+        "3",
+        "--ema-decay",
+        "0.9",
+    ]
     assert train(*args, "--output-dir", str(tmp_path / "straight")).returncode == 0
     killed = tmp_path / "killed"
     proc = subprocess.Popen([str(PYTHON), "training/train.py", *args, "--output-dir", str(killed)], cwd=REPO,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch.utils.data import Dataset, Subset
 
 from training.checkpoint import Preprocessing
@@ -24,6 +26,7 @@ class DataBundle:
     class_names: list[str]
     facts: DatasetFacts
     preprocessing: Preprocessing
+    train_batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None  # on collated train batches
 
 
 def default_data_dir(name: str) -> Path:
@@ -83,6 +86,7 @@ def build_datasets(cfg: DataConfig, arch: str, seed: int) -> DataBundle:
         class_names=raw.class_names,
         facts=facts,
         preprocessing=pre,
+        train_batch_transform=train_tf.batch_transform,
     )
 
 

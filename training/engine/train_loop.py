@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from training.engine.distributed import DistInfo, all_reduce_sum
+from training.engine.ema import WeightAverage
 from training.engine.meters import AverageMeter, ProgressMeter, correct_counts
 from training.engine.progress import Progress
 
@@ -37,6 +38,7 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     channels_last: bool = False,
     print_freq: int = 20,
+    ema: WeightAverage | None = None,
 ) -> EpochStats:
     model.train()
     sums = torch.zeros(4, dtype=torch.float64)  # loss*n, correct@1, correct@5, n
@@ -61,6 +63,8 @@ def train_one_epoch(
             loss.backward()
             optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.step()
         n = target.numel()
         c1, c5 = correct_counts(output.detach().float(), target)
         sums += torch.tensor([loss.item() * n, c1, c5, n], dtype=torch.float64)
