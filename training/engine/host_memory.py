@@ -20,14 +20,26 @@ _M_MMAP_MAX = -4
 _KEEP_UP_TO = 2**30  # bytes of free heap top kept before trimming
 
 
+def _glibc() -> ctypes.CDLL | None:
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
 def retain_freed_memory() -> bool:
     """Tune glibc's malloc for reuse; returns False (and changes nothing) on other C libraries."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if libc is None:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
+    mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_UP_TO))
+
+
+def trim_heap() -> bool:
+    """The opposite, once, for long-lived servers: hand freed heap pages back after a big one-off load."""
+    libc = _glibc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False
