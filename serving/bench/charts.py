@@ -21,10 +21,14 @@ def _short(r) -> str:
     return r.kind if b.batch_size == 1 else f"{r.kind}\nb{b.batch_size}/{b.max_batch_delay_ms}ms"
 
 
+def _not_measured(ax, what: str) -> None:
+    ax.set_title(f"{what}: not measured", fontsize=10)
+    ax.set_axis_off()
+
+
 def _bars(ax, labels: list[str], series: dict[str, list[float | None]], ylabel: str, title: str) -> None:
     if not labels:
-        ax.set_title(f"{title}: not measured", fontsize=10)
-        ax.set_axis_off()
+        _not_measured(ax, title)
         return
     width = 0.8 / max(1, len(series))
     for i, (name, values) in enumerate(series.items()):
@@ -72,8 +76,7 @@ def latency_chart(res: BenchmarkResults, path: Path) -> None:
 def throughput_concurrency_chart(res: BenchmarkResults, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     if not res.served:
-        ax.set_title("Through TorchServe: not measured", fontsize=10)
-        ax.set_axis_off()
+        _not_measured(ax, "Through TorchServe")
         _save(fig, path, res)
         return
     for r in res.served:
@@ -95,8 +98,7 @@ def throughput_concurrency_chart(res: BenchmarkResults, path: Path) -> None:
 def throughput_batch_chart(res: BenchmarkResults, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     if not res.inprocess:
-        ax.set_title("In-process: not measured", fontsize=10)
-        ax.set_axis_off()
+        _not_measured(ax, "In-process")
         _save(fig, path, res)
         return
     for r in res.inprocess:
