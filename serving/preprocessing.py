@@ -12,6 +12,8 @@ torchvision's ``resize``/``center_crop``/``to_dtype``/``normalize`` bit for bit.
 
 from __future__ import annotations
 
+import platform
+
 import torch
 from torch.nn.functional import interpolate
 
@@ -31,7 +33,10 @@ def resized_shape(height: int, width: int, shorter: int) -> tuple[int, int]:
 def _uint8_native(mode: str) -> bool:
     # torchvision resizes uint8 directly (no float round trip) for these; elsewhere it goes through float32
     if mode == "bilinear":
-        return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+        return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or platform.machine() in (
+            "aarch64",
+            "arm64",
+        )
     return True
 
 

@@ -43,6 +43,8 @@ def test_load_restores_weights_and_step_count():
     other.load(saved, ema.steps)
     assert other.steps == 3 and other.current_decay() == ema.current_decay()
     assert all(torch.equal(other.model.state_dict()[k], v) for k, v in saved.items())
+    other.step()  # after a load the average keeps following its own source model
+    assert not torch.equal(other.model[0].bias, saved["0.bias"])
 
 
 @pytest.mark.parametrize("decay", [0.0, 1.0])

@@ -47,6 +47,5 @@ class WeightAverage:
 
     def load(self, average_state: dict[str, torch.Tensor], steps: int) -> None:
         """Restore from a checkpoint (the average's weights and how many steps it has seen)."""
-        self.model.load_state_dict(average_state)
+        self.model.load_state_dict(average_state)  # copies in place: the tensors in _pairs stay the ones used
         self.steps = steps
-        self._pairs = self._float_pairs()
