@@ -28,7 +28,11 @@ def build_parser() -> CliParser:
     p.add_argument("--requests", type=int, default=None, help="measured requests (default 100 without --duration)")
     p.add_argument("--duration", type=float, default=None, help="seconds of measurement")
     p.add_argument("--warmup", type=int, default=10, help="requests sent first and not counted")
-    p.add_argument("--token", default=os.environ.get("CONVSERVE_TOKEN"), help="bearer token (inference key)")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("CONVSERVE_TOKEN"),
+        help="bearer token (inference key); write --token=KEY, keys may start with '-'",
+    )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     p.add_argument("--max-duration", type=float, default=600.0, help="hard cap in seconds on the whole run")
     p.add_argument("--output", type=Path, default=None, help="write the result as JSON here")

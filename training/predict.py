@@ -21,7 +21,10 @@ def build_parser() -> CliParser:
     p.add_argument("paths", nargs="+", type=Path, help="CKPT_OR_ARTIFACT IMAGE... (only IMAGE... with --url)")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--url", help="TorchServe predictions URL, e.g. http://localhost:8080/predictions/digits")
-    p.add_argument("--token", help="TorchServe inference key (sent as 'Authorization: Bearer KEY')")
+    p.add_argument(
+        "--token",
+        help="TorchServe inference key, sent as a Bearer header; write --token=KEY (keys may start with -)",
+    )
     p.add_argument("--json", action="store_true", help="print machine-readable results only")
     return p
 

@@ -141,7 +141,8 @@ def test_predict_answers_the_same_from_checkpoint_artifact_and_torchserve(digits
     with TorchServeProcess(settings) as server:
         url = server.predictions_url("digits")
         token = server.auth_headers()["Authorization"].removeprefix("Bearer ")
-        served = cli("predict.py", "--url", url, "--token", token, *images, "--json")
+        # --token=KEY: TorchServe's random keys may start with "-", which argparse takes for an option otherwise
+        served = cli("predict.py", "--url", url, f"--token={token}", *images, "--json")
         refused = cli("predict.py", "--url", url, images[0])  # own process: no proxy settings leaked by other tests
     one_line_error(refused, "Token Authorization failed")
     answers = {}
