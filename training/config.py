@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from training.engine.precision import PRECISIONS
 from training.errors import ConvserveError
 
 ARCHS = ("alexnet", "resnet18", "resnet34", "mlp")
@@ -61,7 +62,9 @@ class RunConfig(_Strict):
     seed: int = 0
     deterministic: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = False
+    # auto: bf16 where the device computes it natively, else fp32 (CPU) or fp16 + loss scaling (CUDA);
+    # amp: the device's low precision even where emulated. config.yaml of a run holds what it really used.
+    precision: Literal[PRECISIONS] = "auto"  # type: ignore[valid-type]
     channels_last: bool = False
     workers: int = Field(0, ge=0, le=64)
     output_dir: Path | None = Field(None, description="the run folder; None: runs/<timestamp>-<arch>-<dataset>")
@@ -69,6 +72,22 @@ class RunConfig(_Strict):
     print_freq: int = Field(20, ge=1)
     # last.pt carries the optimizer state (AlexNet + AdamW: 684 MB, ~1 s of CPU to write on this machine)
     checkpoint_every: int = Field(1, ge=1, description="write last.pt every N epochs and after the last one")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_amp(cls, data: Any) -> Any:
+        """``amp: true|false|on|off|auto`` (older configs and run folders) means a precision choice."""
+        if not isinstance(data, dict) or "amp" not in data:
+            return data
+        data = dict(data)
+        amp = data.pop("amp")
+        meaning = {True: "amp", "on": "amp", False: "fp32", "off": "fp32", "auto": "auto"}
+        if not isinstance(amp, bool | str) or amp not in meaning:
+            raise ValueError(f"amp must be auto, on or off (got {amp!r})")
+        if "precision" in data and data["precision"] != meaning[amp]:
+            raise ValueError("give run.precision or the older run.amp, not both")
+        data["precision"] = meaning[amp]
+        return data
 
     @field_validator("name")
     @classmethod
@@ -104,7 +123,7 @@ CLI_OVERRIDES: dict[str, str] = {
     "seed": "run.seed",
     "deterministic": "run.deterministic",
     "device": "run.device",
-    "amp": "run.amp",
+    "precision": "run.precision",
     "channels_last": "run.channels_last",
     "checkpoint_every": "run.checkpoint_every",
     "workers": "run.workers",

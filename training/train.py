@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from training.config import ARCHS, DATASETS, load_config
+from training.engine.precision import PRECISIONS
 from training.errors import CliParser, run_cli
 from training.trainer import load_resume_config, run_training
 
@@ -33,7 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--deterministic", action="store_true", default=None)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--amp", action="store_true", default=None, help="bf16 autocast on CPU, fp16 on CUDA")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="auto (default): bf16 where the device has it natively, else fp32 on CPU / fp16 on CUDA",
+    )
+    p.add_argument(
+        "--amp",
+        dest="precision",
+        action="store_const",
+        const="amp",
+        help="autocast even where emulated: bf16 on CPU, bf16 or fp16 on CUDA (= --precision amp)",
+    )
     p.add_argument("--channels-last", action="store_true", default=None)
     p.add_argument("--workers", type=int)
     p.add_argument("--checkpoint-every", type=int, help="write last.pt every N epochs (and after the last one)")

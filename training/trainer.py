@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import resource
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from training.engine.distributed import DistInfo, ShardSampler, broadcast_object
 from training.engine.ema import WeightAverage
 from training.engine.evaluate import EvalResult, evaluate
 from training.engine.host_memory import retain_freed_memory
+from training.engine.precision import PrecisionChoice, resolve_precision
+from training.engine.throughput import training_rate
 from training.engine.train_loop import train_one_epoch
 from training.errors import ConvserveError
 from training.models import build_model
@@ -44,9 +47,13 @@ class Session:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler | None
-    autocast: Any
+    precision: PrecisionChoice
     run_dir: Path
     ema: WeightAverage | None = None
+
+    @property
+    def autocast(self) -> Any:
+        return self.precision.autocast(self.device)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -69,15 +76,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-
-
-def make_autocast(cfg: TrainConfig, device: torch.device) -> tuple[Any, torch.amp.GradScaler | None]:
-    """bf16 autocast on CPU; fp16 with a GradScaler on CUDA (bf16 needs no scaler but older GPUs lack it)."""
-    if not cfg.run.amp:
-        return None, None
-    if device.type == "cpu":
-        return torch.autocast("cpu", dtype=torch.bfloat16), None
-    return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -188,11 +186,11 @@ def build_session(cfg: TrainConfig, info: DistInfo, device: torch.device, run_di
     per_rank = math.ceil(len(data.train) / info.world_size)
     steps = per_rank // cfg.run.batch_size if per_rank > cfg.run.batch_size else 1  # as the loader's drop_last
     scheduler = make_scheduler(cfg, optimizer, steps)
-    autocast, scaler = make_autocast(cfg, device)
+    precision = resolve_precision(cfg.run.precision, device)
     ema = WeightAverage(model_without_ddp, cfg.optim.ema_decay, cfg.optim.ema_every) if cfg.optim.ema_decay else None
-    return Session(
-        cfg, info, device, data, model, model_without_ddp, options, optimizer, scheduler, scaler, autocast, run_dir, ema
-    )
+    scaler = precision.scaler(device)
+    parts = (data, model, model_without_ddp, options, optimizer, scheduler, scaler, precision, run_dir, ema)
+    return Session(cfg, info, device, *parts)
 
 
 def make_checkpoint(
@@ -392,6 +390,7 @@ def final_test(s: Session, best_state: dict[str, torch.Tensor] | None) -> tuple[
 
 
 def summarize(s: Session, test: EvalResult, split: str, best: dict, seconds: float, images: int, wall: float) -> dict:
+    images_per_s = images / seconds if seconds > 0 else None
     return {
         "arch": s.cfg.model.arch,
         "dataset": s.cfg.data.name,
@@ -408,14 +407,31 @@ def summarize(s: Session, test: EvalResult, split: str, best: dict, seconds: flo
         "epochs": s.cfg.run.epochs,
         "wall_time_s": wall,
         "train_time_s": seconds,
-        "images_per_s": images / seconds if seconds > 0 else None,
+        "images_per_s": images_per_s,
+        "precision": s.precision.precision,
+        "precision_reason": s.precision.reason,
         "peak_rss_mb": peak_rss_mb(),
         "peak_gpu_mem_mb": peak_gpu_mb(s.device),
         "device": str(s.device),
         "world_size": s.info.world_size,
         "input_size": s.data.preprocessing.input_size,
         "num_params": sum(p.numel() for p in s.model_without_ddp.parameters()),
+        **training_rate(
+            s.model_without_ddp, s.data.preprocessing.input_size, s.device, s.precision.precision, images_per_s
+        ),
     }
+
+
+def rate_line(summary: dict) -> str:
+    if not summary.get("train_gflops_per_s"):
+        return " *   training rate not measured"
+    basis = summary["matmul_fraction_basis"]
+    return (
+        f" *   training {summary['images_per_s']:.1f} img/s x {summary['train_flops_per_image'] / 1e9:.3f} GFLOP = "
+        f"{summary['train_gflops_per_s']:.1f} GFLOP/s in {summary['precision']}: "
+        f"{100 * summary['matmul_fraction']:.0f} % of this machine's {basis} matmul rate "
+        f"({summary['matmul_gflops_per_s'][basis]:.0f} GFLOP/s, {summary['threads']} threads)"
+    )
 
 
 def load_resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
@@ -435,12 +451,16 @@ def run_training(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         run_dir = _prepare_run_dir(cfg, resume, info)
         cfg.run.output_dir = run_dir
         s = build_session(cfg, info, device, run_dir)
+        cfg.run.precision = s.precision.precision  # config.yaml and checkpoints say what ran, not "auto"
         if info.is_main:
             dump_config(cfg, run_dir / "config.yaml")
+            if s.precision.warning:
+                print(f"warning: {s.precision.warning}", file=sys.stderr, flush=True)
             _log(
                 info,
                 f"run folder {run_dir}  ({cfg.model.arch} on {cfg.data.name}, {len(s.data.train)} train / "
                 f"{len(s.data.val)} val images, {s.data.preprocessing.input_size}px, {device}, "
+                f"{s.precision.precision} ({s.precision.reason}), {torch.get_num_threads()} threads, "
                 f"world {info.world_size})",
             )
         best, seconds, images = fit(s, resume)
@@ -454,6 +474,7 @@ def run_training(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                 f" *   {split} Acc@1 {test.acc1:.3f} Acc@5 {test.acc5:.3f}  ({test.count} images, best epoch "
                 f"{best['epoch'] + 1}, {summary['wall_time_s']:.1f}s wall)",
             )
+            _log(info, rate_line(summary))
         return summary
     finally:
         shutdown_distributed(info)
