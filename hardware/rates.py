@@ -6,6 +6,7 @@ weight-read floor from the bandwidth), so they stay meaningful on whatever CPU o
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass
 
@@ -75,8 +76,17 @@ def native_precisions(device: torch.device) -> list[str]:
 
 
 def measure_machine(device: str | torch.device = "cpu", precisions: list[str] | None = None) -> MachineRates:
-    """The GEMM rate at each native precision (or those asked for) and the read bandwidth, on ``device``."""
+    """The GEMM rate at each native precision (or those asked for) and the read bandwidth, on ``device``.
+
+    Measured once per process for each (device, precisions, thread count): a second run in the same process
+    (tests, sweeps) reuses the figures instead of spending seconds on them again.
+    """
     device = torch.device(device)
-    wanted = precisions or native_precisions(device)
-    rates = {p: round(matmul_gflops(p, device), 1) for p in wanted}
-    return MachineRates(str(device), torch.get_num_threads(), rates, round(read_gbs(device), 2))
+    wanted = tuple(precisions or native_precisions(device))
+    return _measure(str(device), wanted, torch.get_num_threads())
+
+
+@functools.cache
+def _measure(device: str, precisions: tuple[str, ...], threads: int) -> MachineRates:
+    rates = {p: round(matmul_gflops(p, device), 1) for p in precisions}
+    return MachineRates(device, threads, rates, round(read_gbs(device), 2))

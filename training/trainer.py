@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import random
 import resource
 import sys
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
+from hardware.cpus import usable_cpus
 from training.analysis.plots import write_run_plots
 from training.checkpoint import Checkpoint, library_versions, link_checkpoint, load_checkpoint, save_checkpoint
 from training.config import TrainConfig, build_config, config_to_dict, dump_config
@@ -67,6 +69,14 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
+
+
+def set_training_threads(info: DistInfo) -> None:
+    """Intra-op threads from the CPUs this process may really use (cgroup quota included), split between the
+    processes torchrun started on this node; an explicit OMP_NUM_THREADS (torchrun sets one) is kept."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, usable_cpus() // max(1, local)))
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -446,6 +456,7 @@ def run_training(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     retain_freed_memory()  # before the first big tensor: halves a CPU step (see host_memory)
     device = resolve_device(cfg.run.device)
     info = init_distributed(device.type)
+    set_training_threads(info)
     try:
         seed_everything(cfg.run.seed + info.rank, cfg.run.deterministic)
         run_dir = _prepare_run_dir(cfg, resume, info)

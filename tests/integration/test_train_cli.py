@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from tests.conftest import PYTHON, REPO
 
@@ -38,6 +39,16 @@ def test_run_folder_holds_everything_promised(digits_run):
                 "images_per_s", "peak_rss_mb", "peak_gpu_mem_mb"):  # fmt: skip
         assert key in summary, key
     assert summary["peak_gpu_mem_mb"] is None and summary["peak_rss_mb"] > 100
+    # the precision that ran (never "auto") and the training rate against this machine's measured GEMM rate
+    assert summary["precision"] in ("fp32", "bf16") and summary["precision_reason"].startswith("auto")
+    assert yaml.safe_load((run / "config.yaml").read_text())["run"]["precision"] == summary["precision"]
+    assert summary["train_flops_per_image"] > 1e6  # MLP 3072-512-256-10, forward + backward: ~10 MFLOP
+    assert summary["train_gflops_per_s"] == pytest.approx(
+        summary["train_flops_per_image"] * summary["images_per_s"] / 1e9
+    )
+    rate = summary["matmul_gflops_per_s"][summary["matmul_fraction_basis"]]
+    assert rate > 0 and summary["matmul_fraction"] == pytest.approx(summary["train_gflops_per_s"] / rate)
+    assert summary["memory_read_gbs"] > 0 and summary["threads"] >= 1
     assert set(summary["per_class_acc"]) == {str(d) for d in range(10)}
     matrix = summary["confusion_matrix"]
     assert sum(map(sum, matrix)) == summary["test_count"] == 270
@@ -48,6 +59,22 @@ def test_run_folder_holds_everything_promised(digits_run):
     assert summary["best_epoch"] == int(best_row["epoch"])
     payload = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
     assert payload["epoch"] == summary["best_epoch"] and payload["class_names"] == [str(d) for d in range(10)]
+
+
+def test_auto_precision_is_fp32_where_bf16_is_emulated_and_forcing_it_warns(tmp_path):
+    """The real trainer under oneDNN capped at AVX2 (no native bf16, as on a Zen 3 or most laptops)."""
+    avx2 = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    small = ["--model", "mlp", "--epochs", "1", "--input-size", "8"]
+    auto = train(*small, "--output-dir", str(tmp_path / "auto"), env=avx2)
+    assert auto.returncode == 0, auto.stderr
+    assert "fp32 (auto: this CPU has no native bf16" in auto.stdout and "warning" not in auto.stderr
+    assert json.loads((tmp_path / "auto" / "summary.json").read_text())["precision"] == "fp32"
+    forced = train(*small, "--precision", "bf16", "--output-dir", str(tmp_path / "forced"), env=avx2)
+    assert forced.returncode == 0, forced.stderr
+    warnings = [line for line in forced.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "emulated" in warnings[0], forced.stderr
+    summary = json.loads((tmp_path / "forced" / "summary.json").read_text())
+    assert summary["precision"] == "bf16" and summary["matmul_fraction_basis"] == "fp32"
 
 
 def test_checkpoint_every_still_leaves_the_best_and_the_last_epoch(tmp_path):
