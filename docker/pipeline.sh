@@ -1,6 +1,7 @@
 #!/bin/sh
 # The container steps of the pipeline, each safe to run again (compose restarts one-shot services on `up`):
 #   pipeline.sh train [TRAIN FLAGS...]   train into $CONVSERVE_RUN unless it already holds a finished run
+#                                        ($CONVSERVE_EPOCHS, when set and not empty, adds --epochs N)
 #   pipeline.sh export                   ONNX artifact + TorchServe archive, unless the archive exists
 #   pipeline.sh loadtest [LOADTEST FLAGS...]  serving/loadtest.py with real digit PNGs and the server's token
 #                                        (read from $CONVSERVE_KEY_FILE, the serve container's run folder)
@@ -30,6 +31,8 @@ case "$step" in
         elif [ -f "$RUN/checkpoints/last.pt" ]; then
             echo "trainer: resuming the unfinished run in $RUN"
             python training/train.py --resume --output-dir "$RUN"
+        elif [ -n "${CONVSERVE_EPOCHS:-}" ]; then
+            python training/train.py --output-dir "$RUN" "$@" --epochs "$CONVSERVE_EPOCHS"
         else
             python training/train.py --output-dir "$RUN" "$@"
         fi

@@ -223,6 +223,9 @@ def test_serving_wiring_hangs_together(rendered, overlay):
     mounts = {m["name"]: m for m in spec["containers"][0]["volumeMounts"]}
     assert mounts["config"]["mountPath"] == "/app/serving/config.properties"  # where serve.py reads it
     assert all(d["metadata"].get("namespace") == "convserve" for d in docs if d["kind"] != "Namespace")
+    job = next(d for d in by_kind(docs, "Job") if d["metadata"]["name"] == "convserve-train")
+    train = pod_spec(job)["initContainers"][0]
+    assert train["args"][:2] == ["--config", "training/configs/demo.yaml"] and "--epochs" not in train["args"]
 
 
 def test_multi_node_training_is_an_indexed_job_with_a_headless_service(rendered):
