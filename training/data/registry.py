@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +11,7 @@ from torch.utils.data import Dataset, Subset
 
 from training.checkpoint import Preprocessing
 from training.config import DataConfig
-from training.data.facts import FACTS, DatasetFacts
+from training.data.facts import FACTS, MEASURED, DatasetFacts, describe, measure_facts
 from training.data.presets import EvalPreset, TrainPreset, eval_resize_size
 from training.data.splits import RawSplits, Transformed, limit_per_class
 from training.errors import ConvserveError
@@ -60,23 +60,51 @@ def _limited(ds: Dataset | None, limit: int | None) -> Dataset | None:
     return Subset(ds, limit_per_class(labels, limit))
 
 
-def preprocessing_for(facts: DatasetFacts, arch: str, requested_size: int | None) -> Preprocessing:
+def preprocessing_for(
+    facts: DatasetFacts,
+    arch: str,
+    requested_size: int | None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Preprocessing:
+    """The checkpoint's preprocessing from the facts; a requested size, mean or std (1 or 3 values) overrides."""
     size = resolve_input_size(arch, facts.native_size, requested_size)
     return Preprocessing(
         input_size=size,
         resize_size=eval_resize_size(facts.policy, size),
-        mean=list(facts.mean),
-        std=list(facts.std),
+        mean=_per_channel(mean, "mean") if mean is not None else list(facts.mean),
+        std=_per_channel(std, "std") if std is not None else list(facts.std),
         channels=facts.channels,
     )
 
 
+def _per_channel(values: Sequence[float], what: str) -> list[float]:
+    values = [float(v) for v in values]
+    if len(values) not in (1, 3) or (what == "std" and min(values) <= 0):
+        raise ConvserveError(f"data.{what} takes 1 or 3 values{' above 0' if what == 'std' else ''}, got {values}")
+    return values * 3 if len(values) == 1 else values
+
+
+def dataset_facts(cfg: DataConfig, raw: RawSplits, seed: int) -> DatasetFacts:
+    """Fixed facts, or for folders of arbitrary images (MEASURED) facts measured on the training split."""
+    return measure_facts(cfg.name, raw.train, seed) if cfg.name in MEASURED else FACTS[cfg.name]
+
+
+def _is_main_process() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+        torch.distributed.get_rank() == 0
+    )
+
+
 def build_datasets(cfg: DataConfig, arch: str, seed: int) -> DataBundle:
-    facts = FACTS[cfg.name]
-    pre = preprocessing_for(facts, arch, cfg.input_size)
     raw = load_raw(cfg, seed)
     if len(raw.train) == 0 or len(raw.val) == 0:
         raise ConvserveError(f"dataset {cfg.name} has an empty train or val split")
+    facts = dataset_facts(cfg, raw, seed)
+    if facts.measured_on and _is_main_process():
+        print(describe(facts), flush=True)
+    # data.mean / data.std: explicit normalisation, read once the config has them (training/config.py)
+    pre = preprocessing_for(facts, arch, cfg.input_size, getattr(cfg, "mean", None), getattr(cfg, "std", None))
     train_tf, eval_tf = TrainPreset(pre, facts.policy, cfg.augment), EvalPreset(pre)
     test = _limited(raw.test, cfg.limit_per_class)
     return DataBundle(
