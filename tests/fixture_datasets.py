@@ -36,13 +36,19 @@ def _photo(name: str) -> np.ndarray:
     return getattr(data, name)()
 
 
-def photo_crops(name: str, count: int, rng: np.random.Generator, max_side: int = 64) -> list[np.ndarray]:
-    """``count`` random crops (various sizes and aspect ratios) of a sample photo, scaled to at most ``max_side``."""
+def photo_crops(
+    name: str, count: int, rng: np.random.Generator, max_side: int = 64, large: bool = False
+) -> list[np.ndarray]:
+    """``count`` random crops (various sizes and aspect ratios) of a sample photo, scaled to at most ``max_side``.
+
+    Crops span 1/4 to 1/2 of each side, or 1/2 to all of it when ``large`` (photo-sized: 150-640 px).
+    """
     photo = _photo(name)
     h, w = photo.shape[:2]
+    lo, hi = (2, 1) if large else (4, 2)
     crops = []
     for _ in range(count):
-        ch, cw = int(rng.integers(h // 4, h // 2)), int(rng.integers(w // 4, w // 2))
+        ch, cw = int(rng.integers(h // lo, h // hi)), int(rng.integers(w // lo, w // hi))
         y, x = int(rng.integers(0, h - ch)), int(rng.integers(0, w - cw))
         img = Image.fromarray(photo[y : y + ch, x : x + cw])
         img.thumbnail((max_side, max_side))
@@ -167,17 +173,39 @@ def write_caltech101(root: Path, per_class: int = 10, seed: int = 0) -> dict[Pat
 
 
 def write_imagefolder(
-    root: Path, counts: dict[str, int] | None = None, seed: int = 0
+    root: Path, counts: dict[str, int] | None = None, seed: int = 0, max_side: int = 64, large: bool = False
 ) -> dict[Path, tuple[str, tuple[int, int]]]:
-    """``root/{train,val,test}/<photo>/*.jpg`` (ImageNet-10 style); ``counts``: images per class per split."""
+    """``root/{train,val,test}/<photo>/*.jpg`` (ImageNet-10 style); ``counts``: images per class per split.
+
+    Crops of at most ``max_side`` px; ``large`` with a large ``max_side``: photo-sized crops (see photo_crops).
+    """
     counts = counts or {"train": 6, "val": 2, "test": 2}
     rng = np.random.default_rng(seed)
     written = {}
     for split, per_class in counts.items():
         for name in PHOTOS:
-            for i, pixels in enumerate(photo_crops(name, per_class, rng)):
+            for i, pixels in enumerate(photo_crops(name, per_class, rng, max_side, large)):
                 path = root / split / name / f"{name}_{split}_{i}.jpg"
                 written[path] = (name, _save_jpeg(path, pixels))
+    return written
+
+
+def write_digit_folder(root: Path, counts: dict[str, int] | None = None, rgb: bool = False) -> dict[str, np.ndarray]:
+    """``root/{train,val}/<digit>/*.png``: sklearn's real digits drawn MNIST-style as 28x28 grayscale PNGs.
+
+    ``counts``: images per class per split; ``rgb``: saved as RGB PNGs with equal channels. Returns each
+    split's pixels (N x 28 x 28 uint8), in file order.
+    """
+    counts = counts or {"train": 10, "val": 3}
+    written, offset = {}, 0
+    for split, per_class in counts.items():
+        images, labels = mnist_like_digits(per_class, offset)
+        offset += per_class
+        for i, (pixels, digit) in enumerate(zip(images, labels, strict=True)):
+            path = root / split / str(digit) / f"{split}_{i:05d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).convert("RGB" if rgb else "L").save(path)
+        written[split] = images
     return written
 
 

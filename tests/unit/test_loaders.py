@@ -362,6 +362,10 @@ def test_registry_builds_each_dataset(datasets, dataset, key, size, train_len):
     assert len(bundle.train) == train_len and len(bundle.class_names) == len(set(bundle.class_names))
     img, label = bundle.val[0]
     assert img.shape == (3, size, size) and img.dtype == torch.float32 and 0 <= label < len(bundle.class_names)
+    # folders of arbitrary images have their facts measured on the training split; known data sets fixed ones
+    assert bundle.facts.measured_on == (32 if dataset == "caltech101" else 0)
+    pre, facts = bundle.preprocessing, bundle.facts
+    assert pre.mean == list(facts.mean) and pre.std == list(facts.std) and pre.channels == facts.channels
 
 
 # --- End to end through the trainer CLI ----------------------------------------------------------------
