@@ -23,9 +23,20 @@ class DataConfig(_Strict):
     name: Literal[DATASETS] = "digits"  # type: ignore[valid-type]
     data_dir: Path | None = None
     input_size: int | None = Field(None, ge=8, le=1024, description="None: the larger of the dataset's and the model's")
+    # None: the dataset's own (measured on a sample of a folder's training images); 1 value or 1 per channel
+    mean: list[float] | None = Field(None, min_length=1, max_length=3)
+    std: list[float] | None = Field(None, min_length=1, max_length=3)
     download: bool = True
     augment: bool = True
     limit_per_class: int | None = Field(None, ge=1, description="cap images per class (quick experiments)")
+
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and min(value) <= 0:
+            raise ValueError("every std must be > 0")
+        return value
 
 
 class ModelConfig(_Strict):
@@ -136,6 +147,8 @@ CLI_OVERRIDES: dict[str, str] = {
     "dataset": "data.name",
     "data_dir": "data.data_dir",
     "input_size": "data.input_size",
+    "mean": "data.mean",
+    "std": "data.std",
     "epochs": "run.epochs",
     "batch_size": "run.batch_size",
     "lr": "optim.lr",

@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=DATASETS)
     p.add_argument("--data-dir", type=Path)
     p.add_argument("--input-size", type=int)
+    p.add_argument("--mean", type=float, nargs="+", help="normalisation mean (1 or 3 values; default: the data's)")
+    p.add_argument("--std", type=float, nargs="+", help="normalisation std (1 or 3 values; default: the data's)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)

@@ -103,8 +103,8 @@ def build_datasets(cfg: DataConfig, arch: str, seed: int) -> DataBundle:
     facts = dataset_facts(cfg, raw, seed)
     if facts.measured_on and _is_main_process():
         print(describe(facts), flush=True)
-    # data.mean / data.std: explicit normalisation, read once the config has them (training/config.py)
-    pre = preprocessing_for(facts, arch, cfg.input_size, getattr(cfg, "mean", None), getattr(cfg, "std", None))
+    # --mean / --std (data.mean / data.std) override the dataset's own
+    pre = preprocessing_for(facts, arch, cfg.input_size, cfg.mean, cfg.std)
     train_tf, eval_tf = TrainPreset(pre, facts.policy, cfg.augment), EvalPreset(pre)
     test = _limited(raw.test, cfg.limit_per_class)
     return DataBundle(
