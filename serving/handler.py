@@ -37,7 +37,7 @@ class ConvserveHandler:
         model_config = getattr(context, "model_yaml_config", None) or {}
         settings = model_config.get("handler") or {}
         # workers of one model share the machine: split its CPUs between them unless told otherwise
-        threads = settings.get("threads") or max(1, default_threads() // int(model_config.get("maxWorkers", 1)))
+        threads = settings.get("threads") or default_threads(workers=int(model_config.get("maxWorkers", 1)))
         gpu = props.get("gpu_id")
         device = f"cuda:{gpu}" if gpu is not None and torch.cuda.is_available() else "cpu"
         folder = Path(props["model_dir"]) / settings.get("artifact", "artifact")

@@ -2,8 +2,9 @@
 
 Inside the archive (unpacked into the worker's model directory, which TorchServe puts on PYTHONPATH):
     handler.py              serving/handler.py
-    serving/ export/ training/   the repo modules the handler imports, found by following its imports, so the
-                            worker never needs this repository (the eager backend's training.models included)
+    serving/ export/ training/ hardware/   the repo modules the handler imports, found by following its
+                            imports, so the worker never needs this repository (the eager backend's
+                            training.models and the usable-CPU count from hardware.cpus included)
     artifact/               model_card.json, index_to_name.json and the ONE model file the backend loads
     model-config.yaml       batching, workers, timeouts, and the handler's settings (section ``handler``)
 """
@@ -27,7 +28,7 @@ from training.errors import ConvserveError
 
 REPO = Path(__file__).resolve().parents[1]
 HANDLER = REPO / "serving" / "handler.py"
-OUR_PACKAGES = ("serving", "export", "training")
+OUR_PACKAGES = ("serving", "export", "training", "hardware")
 ARCHIVE_FORMATS = ("zip-store", "default", "no-archive")
 
 

@@ -300,7 +300,10 @@ def test_worker_error_reports_the_first_exception_of_a_chain():
 def test_archive_runs_without_this_repository(store, jpeg, tmp_path, archive):
     """The handler and its modules load from the archive alone (the editable install switched off)."""
     with zipfile.ZipFile(store.parent / archive) as mar:
+        names = set(mar.namelist())
         mar.extractall(tmp_path / "model")
+    # the handler's import tree reaches hardware.cpus (usable CPUs for the thread split): it ships too
+    assert {"handler.py", "serving/backends.py", "hardware/__init__.py", "hardware/cpus.py"} <= names
     script = f"""
 import sys
 sys.meta_path = [f for f in sys.meta_path if "Editable" not in getattr(f, "__name__", "")]
@@ -314,8 +317,10 @@ h = ConvserveHandler()
 h.initialize(ctx)
 ctx.request_processor = [RequestProcessor({{}})]
 print(h.handle([{{"body": open({str(tmp_path / "cat.jpg")!r}, "rb").read()}}], ctx)[0])
-ours = [m.__file__ for n, m in list(sys.modules.items()) if n.split(".")[0] in ("serving", "export", "training")]
+packages = ("serving", "export", "training", "hardware")
+ours = [m.__file__ for n, m in list(sys.modules.items()) if n.split(".")[0] in packages]
 assert ours and all(f.startswith({str(tmp_path / "model")!r}) for f in ours), ours
+assert "hardware.cpus" in sys.modules
 """
     (tmp_path / "cat.jpg").write_bytes(jpeg)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

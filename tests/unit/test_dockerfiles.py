@@ -4,6 +4,7 @@ and survives .dockerignore, and compose wires the pipeline with the management p
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import shutil
@@ -153,10 +154,63 @@ def test_every_copied_path_exists_and_is_in_the_build_context(image):
             assert dockerignore_allows(src.rstrip("/")), f"COPY {src}: excluded by .dockerignore"
 
 
+REPO_PACKAGES = tuple(
+    p.rstrip("*")
+    for p in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+)
+# what each image runs: the trainer; the exporter, archiver and TorchServe handler (which use training's modules)
+IMAGE_PACKAGES = {"train": {"training", "hardware"}, "serve": {"training", "export", "serving", "hardware"}}
+
+
+def copied_packages(image: str) -> set[str]:
+    sources = [
+        src.rstrip("/")
+        for word, args in instructions(DOCKERFILES[image])
+        if word == "COPY"
+        for src in args.split()[:-1]
+    ]
+    return {src for src in sources if src in REPO_PACKAGES}
+
+
+def module_level_imports(path: Path) -> set[str]:
+    """Top-level package names imported when ``path`` is imported (imports inside functions run later, if ever)."""
+    names: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+                continue
+            if isinstance(child, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in child.names)
+            elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
+                names.add(child.module.split(".")[0])
+            visit(child)
+
+    visit(ast.parse(path.read_text(), filename=str(path)))
+    return names
+
+
+@pytest.mark.parametrize("image", DOCKERFILES)
+def test_images_copy_every_package_their_code_imports(image):
+    """hardware/ (usable CPUs, rates) is imported by training and serving at module level: both images need it."""
+    copied = copied_packages(image)
+    assert copied == IMAGE_PACKAGES[image]
+    for package in copied:
+        for path in (ROOT / package).rglob("*.py"):
+            missing = (module_level_imports(path) & set(REPO_PACKAGES)) - copied
+            assert not missing, f"{path.relative_to(ROOT)} imports {missing}, which the {image} image does not copy"
+
+
 def test_dockerignore_keeps_local_state_out_of_the_context():
     for path in (".venv/bin/python", "runs/x/checkpoints/best.pt", ".git/HEAD", "tests/conftest.py", "artifacts/a"):
         assert not dockerignore_allows(path), path
-    for path in ("training/train.py", "serving/__init__.py", "pyproject.toml", "docker/certs/README.md"):
+    for path in (
+        "training/train.py",
+        "serving/__init__.py",
+        "hardware/cpus.py",
+        "pyproject.toml",
+        "docker/certs/README.md",
+    ):
         assert dockerignore_allows(path), path
     assert not dockerignore_allows("training/__pycache__/x.pyc")
 
@@ -197,6 +251,9 @@ def test_compose_runs_the_pipeline_in_order():
     assert "http://serve:8080/predictions/alexnet" in services["loadtest"]["command"]
     config = services["trainer"]["command"][services["trainer"]["command"].index("--config") + 1]
     assert yaml.safe_load((ROOT / config).read_text())["data"]["name"] == "digits"  # embedded, no download
+    # exactly the preset make demo trains: no flag on top of it unless CONVSERVE_EPOCHS asks for one
+    assert services["trainer"]["command"][-3:] == ["train", "--config", "training/configs/demo.yaml"]
+    assert services["trainer"]["environment"]["CONVSERVE_EPOCHS"] == "${CONVSERVE_EPOCHS:-}"
     for name in ("trainer", "export", "serve"):
         assert "convserve-data" in {v.split(":")[0] for v in services[name]["volumes"]}, name
     assert "convserve-data:/data:ro" in services["serve"]["volumes"]

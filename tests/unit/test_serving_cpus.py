@@ -1,0 +1,53 @@
+"""Serving's thread counts start from hardware.cpus.usable_cpus (affinity AND cgroup quota), the one count for the
+whole project; the TorchServe archive ships the hardware package the handler's imports reach."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+import serving.backends as backends
+from hardware.cpus import usable_cpus
+from serving.handler import ConvserveHandler
+from serving.model_archive import HANDLER, OUR_PACKAGES, REPO, module_closure
+
+
+@pytest.mark.parametrize(
+    ("cpus", "workers", "threads"),
+    [(2, 1, 2), (1, 1, 1), (64, 1, backends.MAX_THREADS), (12, 4, 3), (2, 4, 1), (64, 4, backends.MAX_THREADS)],
+)
+def test_default_threads_split_the_usable_cpus(monkeypatch, cpus, workers, threads):
+    monkeypatch.setattr(backends, "usable_cpus", lambda: cpus)
+    assert backends.default_threads(workers) == threads
+
+
+def test_default_threads_follow_the_cgroup_quota_not_the_affinity(monkeypatch, tmp_path):
+    """A 2-CPU quota (docker --cpus 2) on a machine whose affinity shows more: 2 threads."""
+    (tmp_path / "proc" / "self").mkdir(parents=True)
+    (tmp_path / "proc" / "self" / "cgroup").write_text("0::/box\n")
+    (tmp_path / "sys" / "fs" / "cgroup" / "box").mkdir(parents=True)
+    (tmp_path / "sys" / "fs" / "cgroup" / "box" / "cpu.max").write_text("150000 100000\n")
+    monkeypatch.setattr(backends, "usable_cpus", lambda: usable_cpus(root=tmp_path))
+    assert backends.default_threads() == 1  # 1.5 CPUs of quota, rounded down
+
+
+def test_the_handler_splits_the_usable_cpus_between_its_workers(monkeypatch, tmp_path):
+    monkeypatch.setattr(backends, "usable_cpus", lambda: 6)
+    seen = {}
+
+    def fake_from_artifact(folder, backend, device, threads, top_k):
+        seen["threads"] = threads
+        return SimpleNamespace(backend=SimpleNamespace(name="torchscript", device="cpu"))
+
+    monkeypatch.setattr("serving.handler.Classifier.from_artifact", fake_from_artifact)
+    for config, threads in (({"maxWorkers": 3}, 2), ({"maxWorkers": 1}, 6), ({"handler": {"threads": 5}}, 5)):
+        context = SimpleNamespace(system_properties={"model_dir": str(tmp_path)}, model_yaml_config=config)
+        ConvserveHandler().initialize(context)
+        assert seen["threads"] == threads, config
+
+
+def test_the_archive_ships_hardware_because_the_handler_reaches_it():
+    assert "hardware" in OUR_PACKAGES
+    shipped = {str(p.relative_to(REPO)) for p in module_closure(HANDLER)}
+    assert {"hardware/__init__.py", "hardware/cpus.py", "serving/backends.py"} <= shipped
