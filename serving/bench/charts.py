@@ -56,8 +56,12 @@ def latency_chart(res: BenchmarkResults, path: Path) -> None:
         "ms",
         "In-process latency at batch 1",
     )
-    if res.nominal_floor_ms and res.inprocess:
-        left.axhline(res.nominal_floor_ms, color="k", ls="--", lw=1, label="weight-read floor (nominal)")
+    if res.floors and res.inprocess:
+        fl = res.floors
+        left.axhline(fl.fp32_read_ms, color="k", ls="--", lw=1, label=f"fp32 weight read at {fl.read_gbs:.1f} GB/s")
+        if "fp32" in fl.compute_ms:
+            rate = fl.matmul_gflops["fp32"]
+            left.axhline(fl.compute_ms["fp32"], color="k", ls=":", lw=1, label=f"fp32 compute at {rate:.0f} GFLOP/s")
         left.legend(fontsize=8)
     labels = [_short(r) for r in res.served]
     _bars(

@@ -1,14 +1,21 @@
-"""What the numbers were measured on: CPU, cores, memory, load, library versions, thread settings, GPU."""
+"""What the numbers were measured on: CPU, cores, memory, load, library versions, thread settings, GPU.
+
+CPU model and usable CPUs come from ``hardware`` (the one implementation for the whole project); the machine's
+rates (GEMM, read bandwidth) are measured with the floors, in ``serving.bench.floors``.
+"""
 
 from __future__ import annotations
 
 import os
 import platform
 import subprocess
-import time
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
+
+from hardware.cpu_features import cpu_model
+from hardware.cpus import _affinity as affinity_cpus  # reported only: threads start from usable_cpus
+from hardware.cpus import cgroup_cpu_limit, usable_cpus
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TORCH_NUM_THREADS")
 
@@ -20,11 +27,12 @@ class MachineInfo(BaseModel):
     platform: str
     cpu_model: str
     logical_cpus: int
-    usable_cpus: int  # this process's CPU affinity
+    affinity_cpus: int  # CPUs in this process's affinity mask
+    cpu_quota: float | None = None  # CPUs of cgroup quota (docker --cpus, k8s limits.cpu); None: unlimited
+    usable_cpus: int  # affinity and quota, rounded down (hardware.cpus.usable_cpus): default threads follow it
     ram_gb: float
     load_average: list[float]  # 1, 5, 15 min, when the run started
     load_average_end: list[float] | None = None
-    memory_read_gbs: float | None = None  # measured (torch.sum over 256 MB); the weight-read floor uses it
     python: str
     versions: dict[str, str]
     torch_threads: int
@@ -32,16 +40,6 @@ class MachineInfo(BaseModel):
     thread_env: dict[str, str]
     gpu: str | None = None
     java: str | None = None
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def ram_gb() -> float:
@@ -79,20 +77,7 @@ def java_version() -> str | None:
     return lines[0] if lines else None
 
 
-def memory_read_gbs(megabytes: int = 256, repeats: int = 5) -> float:
-    """Best-of-N read bandwidth of a torch reduction over a buffer larger than any cache (all threads)."""
-    import torch
-
-    buf = torch.ones(megabytes * 1024 * 1024 // 4, dtype=torch.float32)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.sum(buf)
-        best = min(best, time.perf_counter() - start)
-    return buf.numel() * 4 / best / 1e9
-
-
-def describe_machine(measure_bandwidth: bool = True) -> MachineInfo:
+def describe_machine() -> MachineInfo:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
@@ -101,10 +86,11 @@ def describe_machine(measure_bandwidth: bool = True) -> MachineInfo:
         platform=platform.platform(),
         cpu_model=cpu_model(),
         logical_cpus=os.cpu_count() or 1,
-        usable_cpus=len(os.sched_getaffinity(0)),
+        affinity_cpus=affinity_cpus(),
+        cpu_quota=cgroup_cpu_limit(),
+        usable_cpus=usable_cpus(),
         ram_gb=ram_gb(),
         load_average=load_average(),
-        memory_read_gbs=round(memory_read_gbs(), 2) if measure_bandwidth else None,
         python=platform.python_version(),
         versions=library_versions(),
         torch_threads=torch.get_num_threads(),

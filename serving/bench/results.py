@@ -7,12 +7,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from serving.bench.floors import Floors
 from serving.bench.loadgen import LoadResult
 from serving.bench.machine import MachineInfo
 from serving.bench.procfs import ProcessMemory
 from serving.bench.stats import LatencyStats
 
-RESULTS_SCHEMA = "convserve.benchmark/v1"
+# v2: floors measured in the run (``floors``) instead of a fixed bandwidth; affinity and usable CPUs recorded
+RESULTS_SCHEMA = "convserve.benchmark/v2"
 BASELINE = "eager"
 
 
@@ -156,7 +158,7 @@ class Ratio(_Model):
 
 class TargetCheck(_Model):
     name: str
-    target: str  # in words, as the brief states it
+    target: str  # our target, in words
     measured: float | None  # the ratio / figure compared with ``threshold``
     threshold: float
     met: bool | None  # None: could not be measured in this run
@@ -179,7 +181,7 @@ class RunSettings(_Model):
 
 
 class BenchmarkResults(_Model):
-    schema_version: Literal["convserve.benchmark/v1"] = RESULTS_SCHEMA
+    schema_version: Literal["convserve.benchmark/v2"] = RESULTS_SCHEMA
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     command: str
     wall_s: float = 0.0
@@ -188,8 +190,7 @@ class BenchmarkResults(_Model):
     images: list[ImageInfo]
     machine: MachineInfo
     settings: RunSettings
-    weight_read_floor_ms: float | None  # fp32 weights / measured read bandwidth
-    nominal_floor_ms: float  # fp32 weights at the brief's 31.3 GB/s (7.8 ms for AlexNet)
+    floors: Floors | None  # weight-read and compute floors from rates measured in this run; None: not measured
     inprocess: list[InProcessResult] = []
     inprocess_failures: list[InProcessFailure] = []
     served: list[ServedResult] = []

@@ -1,9 +1,10 @@
 """One benchmark run: export the model once, measure every backend in-process and through TorchServe on the
 same real JPEGs, judge the targets, write results.json, results.md and the PNG charts.
 
-Order: images → artifact (exported with the exporter's own pipeline, or given) → in-process, one fresh process
-per backend, eager first → TorchServe, one server at a time → ratios, targets → files. Nothing runs in parallel:
-every measurement has the machine to itself (as far as this run is concerned).
+Order: images → artifact (exported with the exporter's own pipeline, or given) → this machine's GEMM rate and
+read bandwidth, measured now, and the floors they give the model → in-process, one fresh process per backend,
+eager first → TorchServe, one server at a time → ratios, targets → files. Nothing runs in parallel: every
+measurement has the machine to itself (as far as this run is concerned).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from pathlib import Path
 from PIL import Image
 
 from export.artifact import ModelCard, read_card
-from serving.backends import AUTO_ORDER, resolve_device
+from serving.backends import AUTO_ORDER, default_threads, resolve_device
 from serving.bench.charts import write_charts
-from serving.bench.comparisons import NOMINAL_READ_GBS, evaluate
+from serving.bench.comparisons import evaluate
+from serving.bench.floors import Floors, compute_floors, forward_flops, measure_rates
 from serving.bench.inprocess import InProcessSpec, measure_isolated
 from serving.bench.loadgen import read_payloads
 from serving.bench.machine import describe_machine, load_average
@@ -37,8 +39,9 @@ from serving.bench.results import (
 )
 from serving.bench.served import STOCK, ServedPlan, measure_served
 from serving.bench.tables import render_markdown
-from training.checkpoint import load_checkpoint
+from training.checkpoint import Checkpoint, load_checkpoint
 from training.errors import ConvserveError
+from training.models import model_from_checkpoint
 
 # scikit-image's bundled colour photos (the stock handler cannot take grayscale): 300 to 640 px, real JPEGs
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
@@ -142,11 +145,15 @@ def export_artifact(
     return folder, [f"onnx-int8 was not benchmarked: its export failed the exporter's parity check ({reason})"]
 
 
-def model_info(card: ModelCard, folder: Path, source: str) -> ModelInfo:
+def eager_checkpoint(card: ModelCard, folder: Path) -> Checkpoint:
     eager = card.file("eager")
     if eager is None:
         raise ConvserveError(f"artifact {folder} has no eager model file (model.pt): the baseline needs it")
-    state = load_checkpoint(folder / eager.path).model_state
+    return load_checkpoint(folder / eager.path)
+
+
+def model_info(card: ModelCard, ckpt: Checkpoint, source: str) -> ModelInfo:
+    state = ckpt.model_state
     params = sum(t.numel() for k, t in state.items() if t.is_floating_point() and not k.endswith("running_var"))
     return ModelInfo(
         name=card.name,
@@ -159,6 +166,22 @@ def model_info(card: ModelCard, folder: Path, source: str) -> ModelInfo:
         parameters=params,
         fp32_weights_mb=params * 4 / 1e6,
     )
+
+
+def measure_floors(card: ModelCard, ckpt: Checkpoint, model: ModelInfo, s: RunSettings, say) -> Floors:
+    """This machine's rates, measured now on the backends' thread count, and the floors they give the model."""
+    threads = s.threads or default_threads()
+    rates = measure_rates(s.device, threads)
+    flops = forward_flops(model_from_checkpoint(ckpt), model.input_size, s.device)
+    weight_bytes = {"fp32": model.parameters * 4, **{f.format: f.size_bytes for f in card.files}}
+    floors = compute_floors(rates, flops, weight_bytes)
+    gemm = ", ".join(f"{p} {v:.1f} GFLOP/s" for p, v in floors.matmul_gflops.items())
+    say(
+        f"floors ({threads} threads): read {floors.read_gbs:.2f} GB/s, GEMM {gemm}; fp32 weight read "
+        f"{floors.fp32_read_ms:.2f} ms, fp32 compute {floors.compute_ms.get('fp32', float('nan')):.2f} ms "
+        f"({flops / 1e9:.2f} GFLOPs per image)"
+    )
+    return floors
 
 
 def inprocess_backends(card: ModelCard, wanted: list[str] | None) -> list[str]:
@@ -239,7 +262,11 @@ def _run(opts, settings: RunSettings, machine, work: Path, started: float, say) 
         folder, dropped = export_artifact(opts, work, opts.formats or default_formats(settings.device), images, say)
         notes += dropped
     card = read_card(folder)
-    model = model_info(card, folder, source)
+    ckpt = eager_checkpoint(card, folder)
+    model = model_info(card, ckpt, source)
+    # measured before the backends run (the machine is as idle as this run leaves it); the in-process target needs it
+    floors = measure_floors(card, ckpt, model, settings, say) if "inprocess" in opts.stages else None
+    del ckpt  # the parent holds no weights while the backends' processes run
     results = BenchmarkResults(
         command=opts.command,
         model=model,
@@ -247,9 +274,7 @@ def _run(opts, settings: RunSettings, machine, work: Path, started: float, say) 
         images=infos,
         machine=machine,
         settings=settings,
-        # MB / (GB/s) = ms: the time to read every fp32 weight once
-        weight_read_floor_ms=model.fp32_weights_mb / machine.memory_read_gbs if machine.memory_read_gbs else None,
-        nominal_floor_ms=model.fp32_weights_mb / NOMINAL_READ_GBS,
+        floors=floors,
         notes=notes + card.notes,
     )
     if "inprocess" in opts.stages:

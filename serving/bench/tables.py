@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from serving.bench.comparisons import model_memory_mb
+from serving.bench.comparisons import floor_multiples, model_memory_mb
+from serving.bench.floors import PRECISION
 from serving.bench.results import BenchmarkResults, Ratio
 
 
 def _f(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _g(value: float | None) -> str:
+    """Three significant digits: floors run from microseconds (small models) to seconds."""
+    return "–" if value is None else f"{value:.3g}"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -25,10 +31,10 @@ def machine_section(res: BenchmarkResults) -> list[str]:
     return [
         "## Machine",
         "",
-        f"- CPU: {m.cpu_model}, {m.logical_cpus} logical CPUs ({m.usable_cpus} usable), {m.ram_gb} GB RAM"
+        f"- CPU: {m.cpu_model}, {m.logical_cpus} logical CPUs, {m.affinity_cpus} in this process's affinity, "
+        f"cgroup quota {_f(m.cpu_quota, 2) if m.cpu_quota else 'none'}: **{m.usable_cpus} usable**, {m.ram_gb} GB RAM"
         + (f", GPU {m.gpu}" if m.gpu else ", no GPU"),
         f"- **Load average (1, 5, 15 min) at the start: {', '.join(map(str, m.load_average))}{end}**",
-        f"- Memory read bandwidth (torch.sum over 256 MB, best of 5): {_f(m.memory_read_gbs, 2)} GB/s",
         f"- Threads: {threads}; {env}; backends use {res.settings.threads or 'their default'} intra-op threads",
         f"- Python {m.python}; {versions}; {m.java or 'java unknown'}",
         f"- {m.platform}",
@@ -67,14 +73,41 @@ def targets_section(res: BenchmarkResults) -> list[str]:
     return ["## Targets", "", *_table(["target", "measured", "threshold", "verdict", "detail"], rows)]
 
 
+def floors_section(res: BenchmarkResults) -> list[str]:
+    fl = res.floors
+    if fl is None:
+        return ["## Floors", "", "Not measured in this run (no in-process stage).", ""]
+    gemm = ", ".join(f"{p} {v:.1f} GFLOP/s" for p, v in fl.matmul_gflops.items())
+    flops = f"{_g(fl.flops_per_image / 1e9)} GFLOPs" if fl.flops_per_image else "not counted"
+    rows = [
+        [f"read {name} weights", f"{_g(fl.weight_mb[name])} MB", _g(fl.weight_read_ms[name])] for name in fl.weight_mb
+    ]
+    rows += [[f"compute at {p}", flops, _g(ms)] for p, ms in fl.compute_ms.items()]
+    return [
+        "## Floors (measured in this run)",
+        "",
+        f"Rates measured on {fl.device} with {fl.threads} threads just before the backends ran: read bandwidth "
+        f"**{fl.read_gbs:.2f} GB/s** (torch.sum over 256 MB, best of N), matrix multiply **{gemm}** "
+        f"(square torch.mm, best of N). One batch-1 forward pass: {flops} (torch FlopCounterMode). A floor is the "
+        "time to read those weights once at that bandwidth, or to compute those FLOPs at that rate; a backend's own "
+        "floor is the slower of its file's read and the compute at its precision ("
+        + ", ".join(f"{k} {v}" for k, v in PRECISION.items())
+        + "; no int8 rate is measured). Weights small enough to stay in the caches between calls can beat the "
+        "read floor, which uses the bandwidth from memory.",
+        "",
+        *_table(["floor", "size", "ms"], rows),
+    ]
+
+
 def inprocess_section(res: BenchmarkResults) -> list[str]:
     if not res.inprocess and not res.inprocess_failures:
         return []
     sizes = res.settings.batch_sizes
     header = ["backend", "file MB", "load s", "model p50", "p90", "p99", "model CPU ms", "end-to-end p50", "decode p50"]
     header += ["preprocess p50", *[f"b{b} img/s" for b in sizes], "peak RSS MB", "anon MB", "model MB"]
-    header += ["p50 vs eager"]
+    header += ["p50 vs eager", "own floor ms", "p50 / floor"]
     ratios = {(r.subject, r.metric): r.value for r in res.ratios if r.stage == "inprocess"}
+    multiples = floor_multiples(res)
     rows = []
     for r in res.inprocess:
         rates = {p.batch_size: p.images_per_s for p in r.throughput}
@@ -95,6 +128,8 @@ def inprocess_section(res: BenchmarkResults) -> list[str]:
                 _f(r.anon_rss_mb, 0),
                 _f(model_memory_mb(r), 0),
                 _f(ratios.get((r.backend, "model_b1_p50_ms")), 2),
+                _g(res.floors.backend_ms(r.backend) if res.floors else None),
+                _f(multiples.get(r.backend), 2),
             ]
         )
     lines = [
@@ -104,7 +139,8 @@ def inprocess_section(res: BenchmarkResults) -> list[str]:
         "(decode + preprocess + model + softmax/top-k); *decode* / *preprocess*: those steps alone; *model CPU ms*: "
         "process CPU time (all threads) per model call. *model MB*: "
         "peak RSS minus the RSS before loading (interpreter, torch and onnxruntime already imported); *anon*: RssAnon "
-        "at the end (private memory).",
+        "at the end (private memory). *own floor*: the backend's floor measured in this run (see Floors); "
+        "*p50 / floor*: model p50 as a multiple of it.",
         "",
         *_table(header, rows),
     ]
@@ -208,6 +244,7 @@ def render_markdown(res: BenchmarkResults) -> str:
     sections = [
         header_section(res),
         targets_section(res),
+        floors_section(res),
         inprocess_section(res),
         served_section(res),
         ratios_section(res),

@@ -74,8 +74,24 @@ def assert_outputs(folder: Path) -> BenchmarkResults:
             assert img.format == "PNG" and img.width > 300 and img.height > 200
             img.verify()
     md = (folder / "results.md").read_text()
-    assert "Load average" in md and res.machine.cpu_model in md and "## Targets" in md
+    assert "Load average" in md and res.machine.cpu_model in md and "## Targets" in md and "## Floors" in md
+    assert f"{res.machine.usable_cpus} usable" in md
+    if res.floors is not None:  # the rates measured in this run, stated with the floors they give
+        assert f"**{res.floors.read_gbs:.2f} GB/s**" in md and f"fp32 {res.floors.matmul_gflops['fp32']:.1f}" in md
     return res
+
+
+def assert_measured_floors(res: BenchmarkResults) -> None:
+    """The floor target is the best p50 over the fp32 weight-read floor measured in this very run."""
+    fl = res.floors
+    assert fl is not None and fl.read_gbs > 0 and fl.matmul_gflops["fp32"] > 0 and fl.flops_per_image > 0
+    assert fl.threads == res.inprocess[0].threads
+    assert fl.weight_read_ms["fp32"] == pytest.approx(res.model.fp32_weights_mb / fl.read_gbs)
+    assert fl.compute_ms["fp32"] == pytest.approx(fl.flops_per_image / 1e6 / fl.matmul_gflops["fp32"])
+    assert set(fl.weight_mb) == {"fp32", *(f.format for f in read_card(Path(res.artifact)).files)}
+    best = min(r.model_b1.p50_ms for r in res.inprocess)
+    check = next(t for t in res.targets if t.name == "best_b1_vs_weight_read_floor")
+    assert check.measured == pytest.approx(best / fl.fp32_read_ms)
 
 
 @pytest.mark.slow
@@ -92,6 +108,7 @@ def test_quick_benchmark_of_a_digits_checkpoint(digits_run, tmp_path):
     backends = [r.backend for r in res.inprocess]
     assert backends[0] == BASELINE and set(backends) == {"eager", "onnx", "torchscript", "onnx-int8"}
     assert not res.inprocess_failures
+    assert_measured_floors(res)
     assert {(s.kind, s.handler) for s in res.served} == {("onnx", "convserve"), ("eager", "convserve")}
     assert all(s.errors == {} for s in res.served)
     # the stock handler feeds 224 px ImageNet RGB: not this 32 px grayscale model, and the run says so
@@ -146,6 +163,7 @@ def test_stock_reference_served_next_to_ours(tmp_path):
     res = assert_outputs(out)
     assert_consistent(res)
     assert not res.inprocess and not res.served_skipped
+    assert res.floors is None  # no in-process stage: nothing to hold against a floor, no seconds spent on it
     stock = next(s for s in res.served if s.kind == "stock")
     assert stock.handler == "stock image_classifier" and stock.errors == {} and stock.latency_c1.ok > 0
     checks = {t.name: t for t in res.targets}

@@ -3,14 +3,19 @@ whole project; the TorchServe archive ships the hardware package the handler's i
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 import serving.backends as backends
 from hardware.cpus import usable_cpus
+from serving.bench.machine import describe_machine
 from serving.handler import ConvserveHandler
 from serving.model_archive import HANDLER, OUR_PACKAGES, REPO, module_closure
+
+SERVING = Path(backends.__file__).resolve().parent
 
 
 @pytest.mark.parametrize(
@@ -45,6 +50,20 @@ def test_the_handler_splits_the_usable_cpus_between_its_workers(monkeypatch, tmp
         context = SimpleNamespace(system_properties={"model_dir": str(tmp_path)}, model_yaml_config=config)
         ConvserveHandler().initialize(context)
         assert seen["threads"] == threads, config
+
+
+def test_serving_counts_cpus_only_through_hardware():
+    """No second implementation: nothing in serving/ reads the affinity or the CPU count to size a pool."""
+    for path in SERVING.rglob("*.py"):
+        text = path.read_text()
+        assert "sched_getaffinity" not in text, path
+        if path.name != "machine.py":  # reports os.cpu_count() as 'logical CPUs', next to the usable count
+            assert not re.search(r"\bcpu_count\(", text), path
+
+
+def test_machine_info_reports_the_usable_count_of_hardware():
+    info = describe_machine()
+    assert info.usable_cpus == usable_cpus() <= info.affinity_cpus <= info.logical_cpus
 
 
 def test_the_archive_ships_hardware_because_the_handler_reaches_it():
