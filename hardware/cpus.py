@@ -14,7 +14,8 @@ from pathlib import Path
 ROOT = Path("/")
 
 
-def _affinity() -> int:
+def affinity_cpus() -> int:
+    """CPUs in this process's affinity mask (what os.sched_getaffinity sees; the quota is not applied)."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
@@ -90,7 +91,7 @@ def usable_cpus(root: Path = ROOT) -> int:
     The one answer for the whole project: torch intra-op threads, the ONNX Runtime / torch split in serving,
     TorchServe workers and the machine probe all start from it.
     """
-    count = _affinity()
+    count = affinity_cpus()
     limit = cgroup_cpu_limit(root)
     if limit is not None:
         count = min(count, math.floor(limit))

@@ -23,8 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--archive-format", choices=ARCHIVE_FORMATS, default="zip-store")
     p.add_argument("--batch-size", type=int, default=4, help="TorchServe dynamic batching: max requests per batch")
     p.add_argument("--max-batch-delay", type=int, default=50, help="ms to wait for a batch to fill")
-    p.add_argument("--min-workers", type=int, default=1)
-    p.add_argument("--max-workers", type=int, default=1)
+    workers_help = "default: chosen when serving, from the usable CPUs (affinity and cgroup quota)"
+    p.add_argument("--min-workers", type=int, default=None, help=workers_help)
+    p.add_argument("--max-workers", type=int, default=None, help=workers_help)
     p.add_argument("--response-timeout", type=int, default=60, help="seconds before TorchServe gives up on a batch")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads per worker (default: CPUs/workers)")
     return p
@@ -32,11 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    low = args.min_workers or args.max_workers  # one given: the other follows it
     settings = ArchiveSettings(
         batch_size=args.batch_size,
         max_batch_delay_ms=args.max_batch_delay,
-        min_workers=args.min_workers,
-        max_workers=max(args.max_workers, args.min_workers),
+        min_workers=low,
+        max_workers=max(low, args.max_workers or 0) if low else None,
         response_timeout_s=args.response_timeout,
         threads=args.threads,
     )

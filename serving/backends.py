@@ -17,14 +17,13 @@ import numpy as np
 import torch
 
 from export.artifact import ModelCard, ModelFile
-from hardware.cpus import usable_cpus
+from serving.cpu_share import default_threads
 from training.engine.host_memory import trim_heap
 from training.errors import ConvserveError
 
 # auto picks the first format the card lists, in this order
 AUTO_ORDER = ("onnx", "torchscript", "eager", "onnx-fp16", "onnx-int8")
 BACKENDS = ("auto", *AUTO_ORDER)
-MAX_THREADS = 8  # intra-op threads beyond this rarely help a batch-1 CNN
 
 
 class Backend(Protocol):
@@ -32,12 +31,6 @@ class Backend(Protocol):
     device: str
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
-
-
-def default_threads(workers: int = 1) -> int:
-    """Intra-op threads when none are given: this process's share of the CPUs it may use (affinity and cgroup
-    quota, ``hardware.cpus.usable_cpus``) when ``workers`` processes split them, capped at ``MAX_THREADS``."""
-    return max(1, min(usable_cpus() // max(1, workers), MAX_THREADS))
 
 
 class OnnxBackend:

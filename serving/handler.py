@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from serving.backends import default_threads, share_cores
+from serving.backends import share_cores
 from serving.classifier import Classifier
+from serving.cpu_share import default_threads, default_workers
 from serving.errors import InputError
 from serving.payload import image_bytes
 
@@ -37,7 +38,8 @@ class ConvserveHandler:
         model_config = getattr(context, "model_yaml_config", None) or {}
         settings = model_config.get("handler") or {}
         # workers of one model share the machine: split its CPUs between them unless told otherwise
-        threads = settings.get("threads") or default_threads(workers=int(model_config.get("maxWorkers", 1)))
+        workers = int(model_config.get("maxWorkers") or default_workers())  # none named: as serve.py chose
+        threads = settings.get("threads") or default_threads(workers=workers)
         gpu = props.get("gpu_id")
         device = f"cuda:{gpu}" if gpu is not None and torch.cuda.is_available() else "cpu"
         folder = Path(props["model_dir"]) / settings.get("artifact", "artifact")

@@ -36,8 +36,10 @@ ARCHIVE_FORMATS = ("zip-store", "default", "no-archive")
 class ArchiveSettings:
     batch_size: int = 4
     max_batch_delay_ms: int = 50
-    min_workers: int = 1
-    max_workers: int = 1
+    # None: not written into the archive, so TorchServe starts default_workers_per_model, which serve.py
+    # derives from the CPUs of the machine that serves (not of the one that built the archive)
+    min_workers: int | None = None
+    max_workers: int | None = None
     response_timeout_s: int = 60
     startup_timeout_s: int = 180
     threads: int | None = None  # intra-op threads per worker; None: the worker's CPUs / max_workers
@@ -47,9 +49,9 @@ class ArchiveSettings:
         handler = {"artifact": "artifact", "backend": backend, "top_k": self.top_k}
         if self.threads:
             handler["threads"] = self.threads
+        workers = {"minWorkers": self.min_workers, "maxWorkers": self.max_workers}
         return {
-            "minWorkers": self.min_workers,
-            "maxWorkers": self.max_workers,
+            **{key: value for key, value in workers.items() if value is not None},
             "batchSize": self.batch_size,
             "maxBatchDelay": self.max_batch_delay_ms,
             "responseTimeout": self.response_timeout_s,

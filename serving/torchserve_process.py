@@ -28,6 +28,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
+from serving.cpu_share import default_workers
 from training.errors import ConvserveError
 
 BASE_CONFIG = Path(__file__).with_name("config.properties")
@@ -100,6 +101,8 @@ def render_config(settings: ServerSettings, grpc_ports: tuple[int, int]) -> str:
         "python": sys.executable,
         "disable_token_authorization": "false" if settings.token_auth else "true",
         "max_request_size": str(int(settings.max_request_mb * 1024 * 1024)),
+        # for archives that name no worker count: this machine's usable CPUs decide (cgroup quota included)
+        "default_workers_per_model": str(default_workers()),
     }
     lines = []
     for line in BASE_CONFIG.read_text().splitlines():

@@ -30,7 +30,6 @@ class DataConfig(_Strict):
     augment: bool = True
     limit_per_class: int | None = Field(None, ge=1, description="cap images per class (quick experiments)")
 
-
     @field_validator("std")
     @classmethod
     def _positive_std(cls, value: list[float] | None) -> list[float] | None:

@@ -14,8 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from hardware.cpu_features import cpu_model
-from hardware.cpus import _affinity as affinity_cpus  # reported only: threads start from usable_cpus
-from hardware.cpus import cgroup_cpu_limit, usable_cpus
+from hardware.cpus import affinity_cpus, cgroup_cpu_limit, usable_cpus
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TORCH_NUM_THREADS")
 

@@ -264,6 +264,18 @@ def test_management_and_metrics(server, client):
     assert metrics.status_code == 200 and "# TYPE" in metrics.text
 
 
+def test_workers_follow_the_serving_machines_cpus_when_the_archive_names_none(store, tmp_path, monkeypatch):
+    """An archive without minWorkers/maxWorkers: TorchServe starts as many workers as serve.py derives from the
+    usable CPUs (here a 16-CPU machine, faked: 2 workers of 8 threads)."""
+    import serving.cpu_share as cpu_share
+
+    monkeypatch.setattr(cpu_share, "usable_cpus", lambda: 16)
+    with TorchServeProcess(settings_for(store, tmp_path / "run", {"digits": "digits.mar"})) as srv:
+        described = httpx.get(f"{srv.management_url}/models/digits").json()[0]
+        assert (described["minWorkers"], described["maxWorkers"]) == (2, 2)
+        assert len([w for w in described["workers"] if w["status"] == "READY"]) == 2
+
+
 def test_config_binds_management_to_loopback_and_turns_tokens_on_beyond_it(tmp_path):
     local = ServerSettings(model_store=tmp_path, host="127.0.0.1")
     public = ServerSettings(model_store=tmp_path, host="0.0.0.0")

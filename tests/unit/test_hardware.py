@@ -24,7 +24,7 @@ def fake_root(tmp_path: Path, proc_cgroup: str, files: dict[str, str]) -> Path:
 @pytest.fixture
 def many_cpus(monkeypatch):
     """A 64-CPU node, as a container on a big Kubernetes node sees its affinity mask."""
-    monkeypatch.setattr(cpus, "_affinity", lambda: 64)
+    monkeypatch.setattr(cpus, "affinity_cpus", lambda: 64)
 
 
 def test_v2_quota_limits_the_count(tmp_path, many_cpus):
@@ -60,7 +60,7 @@ def test_v1_unlimited_quota_is_minus_one(tmp_path, many_cpus):
 
 
 def test_affinity_smaller_than_quota_wins(tmp_path, monkeypatch):
-    monkeypatch.setattr(cpus, "_affinity", lambda: 2)
+    monkeypatch.setattr(cpus, "affinity_cpus", lambda: 2)
     assert cpus.usable_cpus(fake_root(tmp_path, "0::/\n", {"cpu.max": "800000 100000"})) == 2
 
 

@@ -9,22 +9,40 @@ from types import SimpleNamespace
 
 import pytest
 
-import serving.backends as backends
+import serving.cpu_share as cpu_share
 from hardware.cpus import usable_cpus
 from serving.bench.machine import describe_machine
 from serving.handler import ConvserveHandler
 from serving.model_archive import HANDLER, OUR_PACKAGES, REPO, module_closure
 
-SERVING = Path(backends.__file__).resolve().parent
+SERVING = Path(cpu_share.__file__).resolve().parent
 
 
 @pytest.mark.parametrize(
     ("cpus", "workers", "threads"),
-    [(2, 1, 2), (1, 1, 1), (64, 1, backends.MAX_THREADS), (12, 4, 3), (2, 4, 1), (64, 4, backends.MAX_THREADS)],
+    [(2, 1, 2), (1, 1, 1), (64, 1, cpu_share.MAX_THREADS), (12, 4, 3), (2, 4, 1), (64, 4, cpu_share.MAX_THREADS)],
 )
 def test_default_threads_split_the_usable_cpus(monkeypatch, cpus, workers, threads):
-    monkeypatch.setattr(backends, "usable_cpus", lambda: cpus)
-    assert backends.default_threads(workers) == threads
+    monkeypatch.setattr(cpu_share, "usable_cpus", lambda: cpus)
+    assert cpu_share.default_threads(workers) == threads
+
+
+@pytest.mark.parametrize(("cpus", "workers"), [(1, 1), (2, 1), (8, 1), (9, 2), (16, 2), (64, 8)])
+def test_default_workers_use_every_usable_cpu_at_most_max_threads_each(monkeypatch, cpus, workers):
+    monkeypatch.setattr(cpu_share, "usable_cpus", lambda: cpus)
+    assert cpu_share.default_workers() == workers
+
+
+def test_archives_name_no_worker_count_unless_asked_and_the_server_fills_it_in(monkeypatch):
+    """The serving machine's CPUs decide, not those of the machine that built the archive."""
+    from serving.model_archive import ArchiveSettings
+    from serving.torchserve_process import ServerSettings, render_config
+
+    assert "minWorkers" not in ArchiveSettings().model_config("onnx")
+    assert ArchiveSettings(min_workers=2, max_workers=3).model_config("onnx")["maxWorkers"] == 3
+    monkeypatch.setattr(cpu_share, "usable_cpus", lambda: 16)
+    text = render_config(ServerSettings(model_store="model_store", models={"m": "m.mar"}), (7070, 7071))
+    assert "default_workers_per_model=2" in text.splitlines()
 
 
 def test_default_threads_follow_the_cgroup_quota_not_the_affinity(monkeypatch, tmp_path):
@@ -33,12 +51,12 @@ def test_default_threads_follow_the_cgroup_quota_not_the_affinity(monkeypatch, t
     (tmp_path / "proc" / "self" / "cgroup").write_text("0::/box\n")
     (tmp_path / "sys" / "fs" / "cgroup" / "box").mkdir(parents=True)
     (tmp_path / "sys" / "fs" / "cgroup" / "box" / "cpu.max").write_text("150000 100000\n")
-    monkeypatch.setattr(backends, "usable_cpus", lambda: usable_cpus(root=tmp_path))
-    assert backends.default_threads() == 1  # 1.5 CPUs of quota, rounded down
+    monkeypatch.setattr(cpu_share, "usable_cpus", lambda: usable_cpus(root=tmp_path))
+    assert cpu_share.default_threads() == 1  # 1.5 CPUs of quota, rounded down
 
 
 def test_the_handler_splits_the_usable_cpus_between_its_workers(monkeypatch, tmp_path):
-    monkeypatch.setattr(backends, "usable_cpus", lambda: 6)
+    monkeypatch.setattr(cpu_share, "usable_cpus", lambda: 6)
     seen = {}
 
     def fake_from_artifact(folder, backend, device, threads, top_k):
@@ -69,4 +87,4 @@ def test_machine_info_reports_the_usable_count_of_hardware():
 def test_the_archive_ships_hardware_because_the_handler_reaches_it():
     assert "hardware" in OUR_PACKAGES
     shipped = {str(p.relative_to(REPO)) for p in module_closure(HANDLER)}
-    assert {"hardware/__init__.py", "hardware/cpus.py", "serving/backends.py"} <= shipped
+    assert {"hardware/__init__.py", "hardware/cpus.py", "serving/backends.py", "serving/cpu_share.py"} <= shipped
