@@ -61,3 +61,21 @@ def test_shipped_presets_validate():
     assert presets, "expected preset configs in training/configs"
     for path in presets:
         load_config(path)
+
+
+def test_no_flags_is_the_demo_recipe():
+    """`python training/train.py` alone trains what make demo trains (both measured to converge)."""
+    demo = load_config(Path(__file__).parents[2] / "training" / "configs" / "demo.yaml")
+    assert build_config() == demo
+    assert (demo.model.init, demo.optim.optimizer, demo.run.precision) == ("kaiming", "adamw", "auto")
+
+
+def test_each_model_picks_its_recipe_and_a_field_the_user_sets_wins():
+    alexnet, resnet, mlp = (build_config(None, {"model": arch}) for arch in ("alexnet", "resnet18", "mlp"))
+    assert (alexnet.optim.lr, alexnet.run.batch_size, alexnet.model.init) == (3e-4, 32, "kaiming")
+    assert (resnet.optim.lr, resnet.run.batch_size, resnet.model.init) == (1e-3, 64, "default")
+    assert (mlp.run.epochs, mlp.model.dropout) == (30, 0.2)
+    mine = build_config({"optim": {"lr": 0.02}}, {"model": "alexnet", "batch_size": 8})
+    assert (mine.optim.lr, mine.run.batch_size, mine.model.init) == (0.02, 8, "kaiming")
+    from_yaml = build_config({"model": {"arch": "mlp", "dropout": 0.4}})
+    assert (from_yaml.model.dropout, from_yaml.run.epochs) == (0.4, 30)
