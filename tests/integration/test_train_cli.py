@@ -219,3 +219,15 @@ def test_torchrun_two_processes_evaluates_every_sample_once(tmp_path, digits_run
     assert sum(map(sum, ddp["confusion_matrix"])) == 270
     assert ddp["test_acc1"] > 50  # it really trained (chance is 10%)
     assert len(_metrics_rows(tmp_path / "ddp")) == 2  # only rank 0 wrote
+
+
+def test_profile_step_prints_the_rate_and_where_the_time_goes():
+    proc = subprocess.run(
+        [str(PYTHON), "training/profile_step.py", "--model", "mlp", "--input-size", "8", "--precision", "fp32"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "mlp 8px batch 64 fp32" in proc.stdout and "% of the measured fp32 matmul rate" in proc.stdout
+    groups = {line[2:17].strip(): line[17:].split()[0] for line in proc.stdout.splitlines() if line.startswith("  ")}
+    assert {"matmul", "optimizer"} <= set(groups) and all(float(v) >= 0 for v in groups.values())
+    assert not (REPO / "runs").exists() or not list((REPO / "runs").glob("*-mlp-digits"))

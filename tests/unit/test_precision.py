@@ -75,3 +75,11 @@ def test_bad_amp_values_are_one_line_errors(tree):
     with pytest.raises(ConvserveError, match="run") as err:
         build_config(tree)
     assert "\n" not in str(err.value)
+
+
+def test_profile_groups_name_the_kind_of_work():
+    from training.engine.step_profile import group_of
+
+    assert group_of("aten::addmm") == "matmul" and group_of("aten::mkldnn_convolution") == "convolution"
+    assert group_of("aten::_fused_adamw_") == "optimizer" and group_of("aten::grid_sampler_2d") == "input pipeline"
+    assert group_of("aten::relu") == "other"

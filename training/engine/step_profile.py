@@ -1,0 +1,69 @@
+"""Where a training epoch's time goes: the real session's loop under torch.profiler, grouped by kind of work.
+
+The groups answer "why is the training rate only X % of the machine's GEMM rate": dense products (mm/addmm,
+the part the GEMM rate measures), convolutions, the optimizer (memory-bound: weights, gradients and moments
+streamed once per step), the input pipeline (decode, resize, augmentation, collation), and the rest.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import Any
+
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+from training.engine.train_loop import train_one_epoch
+
+GROUPS = {
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear"),
+    "convolution": ("convolution",),
+    "optimizer": ("adam", "sgd"),
+    "dropout": ("bernoulli", "dropout"),
+    "pooling": ("pool",),
+    "input pipeline": ("grid_sampler", "affine_grid", "upsample", "resize", "normalize", "collate", "stack"),
+}
+
+
+def group_of(op_name: str) -> str:
+    lowered = op_name.lower()
+    for group, needles in GROUPS.items():
+        if any(needle in lowered for needle in needles):
+            return group
+    return "other"
+
+
+def profile_epoch(session: Any, train_loader, epoch: int = 1) -> dict[str, Any]:
+    """Run one warm-up epoch, one timed epoch, one data-only pass and one profiled epoch; seconds per group."""
+    s = session
+    criterion = nn.CrossEntropyLoss(label_smoothing=s.cfg.optim.label_smoothing)
+
+    def one(e: int):
+        return train_one_epoch(
+            s.model, train_loader, criterion, s.optimizer, s.scheduler, s.device, e, s.info, s.autocast,
+            s.scaler, s.cfg.run.channels_last, 10**9, s.ema,
+        )  # fmt: skip
+
+    one(0)
+    start = time.perf_counter()
+    stats = one(epoch)
+    seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in train_loader:
+        pass
+    data_seconds = time.perf_counter() - start
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        one(epoch + 1)
+    groups: collections.Counter[str] = collections.Counter()
+    for event in prof.key_averages():
+        groups[group_of(event.key)] += event.self_cpu_time_total / 1e6
+    return {
+        "images": stats.count,
+        "epoch_seconds": seconds,
+        "images_per_s": stats.count / seconds,
+        "data_only_seconds": data_seconds,
+        "profiled_seconds": dict(groups.most_common()),
+        "threads": torch.get_num_threads(),
+    }
