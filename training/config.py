@@ -60,7 +60,8 @@ class OptimConfig(_Strict):
     warmup_epochs: int = Field(1, ge=0)
     step_size: int = Field(10, ge=1)
     gamma: float = Field(0.1, gt=0.0, le=1.0)
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    # 0.1: fp32 AlexNet digits 98.89 / 98.15 % -> 99.26 / 99.26 / 99.63 % (seeds 0-2); ResNet34 98.89 -> 99.26 %
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
     # 0 = off; else validation, best.pt and export use an exponential moving average of the weights
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
     ema_every: int = Field(1, ge=1, description="optimizer steps between EMA updates")
@@ -118,11 +119,10 @@ class TrainConfig(_Strict):
 # the defaults above. Each recipe is measured to converge on the default dataset (README, Training): SGD at 0.01
 # with PyTorch's default init left AlexNet at chance (13 % test top-1 after 12 epochs on digits).
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
-    # kaiming: PyTorch's default init shrinks AlexNet's signal layer by layer. Label smoothing 0.1 took fp32 runs
-    # from 98.89 / 98.15 % to 99.26 / 99.26 / 99.63 % test top-1 (seeds 0 / 1 / 2). last.pt holds 684 MB: every 5th.
+    # kaiming: PyTorch's default init shrinks AlexNet's signal layer by layer; last.pt holds 684 MB: every 5th
     "alexnet": {
         "model": {"init": "kaiming"},
-        "optim": {"lr": 3e-4, "label_smoothing": 0.1},
+        "optim": {"lr": 3e-4},
         "run": {"batch_size": 32, "checkpoint_every": 5},
     },
     "resnet18": {},
