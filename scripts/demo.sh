@@ -21,7 +21,7 @@ step "1/5 train AlexNet on the embedded sklearn digits -> $RUN_DIR"
 import json, sys
 s = json.load(open(sys.argv[1]))
 print(f"trained: test top-1 {s['test_acc1']:.2f}%  top-5 {s['test_acc5']:.2f}%  ({s['test_count']} test images, "
-      f"best epoch {s['best_epoch'] + 1}, {s['wall_time_s']:.1f} s wall, {s['images_per_s']:.0f} img/s, "
+      f"best epoch {s['best_epoch'] + 1}, {s['wall_time_s']:.1f} s wall, {s['precision']}, {s['images_per_s']:.0f} img/s, "
       f"peak RSS {s['peak_rss_mb']:.0f} MB)")
 PY
 
