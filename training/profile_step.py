@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{result['data_only_seconds']:.2f} s")  # fmt: skip
     for group, seconds in result["profiled_seconds"].items():
         print(f"  {group:<15} {seconds:7.3f} s  {100 * seconds / total:5.1f} %")
+    print(f"(other: mostly {', '.join(result['largest_other'])})")
     return 0
 
 

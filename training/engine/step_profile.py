@@ -21,9 +21,19 @@ GROUPS = {
     "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear"),
     "convolution": ("convolution",),
     "optimizer": ("adam", "sgd"),
+    "dtype casts": ("aten::copy_", "aten::_to_copy"),  # autocast's low-precision weight copies, every step
     "dropout": ("bernoulli", "dropout"),
     "pooling": ("pool",),
-    "input pipeline": ("grid_sampler", "affine_grid", "upsample", "resize", "normalize", "collate", "stack"),
+    "input pipeline": (
+        "dataloader",
+        "grid_sampler",
+        "affine_grid",
+        "upsample",
+        "resize",
+        "normalize",
+        "collate",
+        "stack",
+    ),
 }
 
 
@@ -57,13 +67,17 @@ def profile_epoch(session: Any, train_loader, epoch: int = 1) -> dict[str, Any]:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         one(epoch + 1)
     groups: collections.Counter[str] = collections.Counter()
+    others: collections.Counter[str] = collections.Counter()
     for event in prof.key_averages():
         groups[group_of(event.key)] += event.self_cpu_time_total / 1e6
+        if group_of(event.key) == "other":
+            others[event.key] += event.self_cpu_time_total / 1e6
     return {
         "images": stats.count,
         "epoch_seconds": seconds,
         "images_per_s": stats.count / seconds,
         "data_only_seconds": data_seconds,
         "profiled_seconds": dict(groups.most_common()),
+        "largest_other": [name for name, _ in others.most_common(3)],
         "threads": torch.get_num_threads(),
     }
