@@ -426,10 +426,14 @@ def summarize(s: Session, test: EvalResult, split: str, best: dict, seconds: flo
         "world_size": s.info.world_size,
         "input_size": s.data.preprocessing.input_size,
         "num_params": sum(p.numel() for p in s.model_without_ddp.parameters()),
-        **training_rate(
-            s.model_without_ddp, s.data.preprocessing.input_size, s.device, s.precision.precision, images_per_s
-        ),
+        **(rate_fields(s, images_per_s) if s.info.is_main else {}),  # one rank measures: the others would share it
     }
+
+
+def rate_fields(s: Session, images_per_s: float | None) -> dict[str, Any]:
+    return training_rate(
+        s.model_without_ddp, s.data.preprocessing.input_size, s.device, s.precision.precision, images_per_s
+    )
 
 
 def rate_line(summary: dict) -> str:
