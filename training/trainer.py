@@ -354,7 +354,7 @@ def fit(s: Session, resume: bool) -> tuple[dict[str, Any], float, int]:
             s.device,
             s.data.class_names,
             info,
-            s.autocast,
+            None,  # fp32, as the exported model serves: val picks best.pt by the accuracy users will get
             prefix="Val: ",
             show_progress=False,
         )
@@ -392,7 +392,7 @@ def final_test(s: Session, best_state: dict[str, torch.Tensor] | None) -> tuple[
         s.device,
         s.data.class_names,
         s.info,
-        s.autocast,
+        None,  # fp32, as served (bf16 autocast here gave 98.52 % where the same weights serve 98.89 %)
         prefix="Test: ",
         show_progress=False,
     )
