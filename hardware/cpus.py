@@ -58,8 +58,11 @@ def _v2_quota(root: Path, cgroup_path: str) -> float | None:
         text = _read(folder / "cpu.max")
         if text and not text.startswith("max"):
             quota, _, period = text.partition(" ")
-            if float(period or 100_000) > 0:
-                limits.append(float(quota) / float(period or 100_000))
+            try:
+                if float(period or 100_000) > 0:
+                    limits.append(float(quota) / float(period or 100_000))
+            except ValueError:  # an unreadable limit limits nothing
+                continue
     return min(limits) if limits else None
 
 
@@ -68,8 +71,8 @@ def _v1_quota(root: Path, cgroup_path: str) -> float | None:
     for mount_name in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
         for folder in _ancestors(root / "sys" / "fs" / "cgroup" / mount_name, cgroup_path):
             quota, period = _read(folder / "cpu.cfs_quota_us"), _read(folder / "cpu.cfs_period_us")
-            if quota and period and int(quota) > 0 and int(period) > 0:
-                limits.append(int(quota) / int(period))
+            if quota and period and quota.isdigit() and period.isdigit() and int(quota) > 0 and int(period) > 0:
+                limits.append(int(quota) / int(period))  # "-1" (no limit) and unreadable values limit nothing
     return min(limits) if limits else None
 
 

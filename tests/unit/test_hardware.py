@@ -102,3 +102,9 @@ def test_measured_rates_are_positive_and_plausible():
     rates = measure_machine("cpu")
     assert "fp32" in rates.matmul_gflops and rates.threads >= 1
     assert ("bf16" in rates.matmul_gflops) == cpu_native_bf16()
+
+
+def test_malformed_cgroup_files_limit_nothing(tmp_path, many_cpus):
+    assert cpus.usable_cpus(fake_root(tmp_path / "a", "0::/\n", {"cpu.max": "lots 100000"})) == 64
+    files = {"cpu/cpu.cfs_quota_us": "n/a", "cpu/cpu.cfs_period_us": "100000"}
+    assert cpus.usable_cpus(fake_root(tmp_path / "b", "3:cpu:/\n", files)) == 64
