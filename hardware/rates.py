@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 from hardware.cpu_features import cpu_native_bf16
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # the project's precision names
 
 
 def _sync(device: torch.device) -> None:
@@ -63,9 +63,6 @@ class MachineRates:
     threads: int
     matmul_gflops: dict[str, float]  # precision -> GFLOP/s; low precisions only where the device has them natively
     read_gbs: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def native_precisions(device: torch.device) -> list[str]:

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 
 from hardware.cpu_features import cpu_native_bf16
+from hardware.rates import DTYPES
 
 PRECISIONS = ("auto", "amp", "fp32", "bf16", "fp16")
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
