@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from hardware.flops import flops_per_image
 from hardware.rates import MachineRates, measure_machine
 
 # the arithmetic each exported format runs at; int8 has no measured GEMM rate, so only its read floor exists
@@ -74,14 +75,7 @@ def compute_floors(rates: MachineRates, flops_per_image: float | None, weight_by
 
 def forward_flops(model: torch.nn.Module, input_size: int, device: str = "cpu") -> float:
     """FLOPs of one batch-1 forward pass (inference: no backward), as torch's FlopCounterMode counts them."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model = model.to(device).eval()
-    x = torch.zeros(1, 3, input_size, input_size, device=device)
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(x)
-    return float(counter.get_total_flops())
+    return flops_per_image(model.to(device), input_size, device)
 
 
 def measure_rates(device: str, threads: int) -> MachineRates:

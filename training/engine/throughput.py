@@ -6,34 +6,17 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from hardware.cpu_features import cpu_model
+from hardware.flops import flops_per_image
 from hardware.rates import measure_machine, native_precisions
-
-
-def train_flops_per_image(model: nn.Module, input_size: int, device: torch.device, batch: int = 2) -> float:
-    """Forward + backward FLOPs of one image, counted once by torch's FLOP counter on a small batch.
-
-    Eval mode, so batch-norm statistics and dropout masks of the trained model are left alone; the
-    gradients the count leaves behind are cleared.
-    """
-    was_training = model.training
-    model.eval()
-    x = torch.randn(batch, 3, input_size, input_size, device=device)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        model(x).sum().backward()
-    model.zero_grad(set_to_none=True)
-    model.train(was_training)
-    return counter.get_total_flops() / batch
 
 
 def training_rate(
     model: nn.Module, input_size: int, device: torch.device, precision: str, images_per_s: float | None
 ) -> dict[str, Any]:
     """The summary's speed fields: measured machine rates and the run's fraction of them."""
-    flops = train_flops_per_image(model, input_size, device)
+    flops = flops_per_image(model, input_size, device, backward=True, batch=2)
     wanted = native_precisions(device)
     rates = measure_machine(device, wanted)
     basis = precision if precision in rates.matmul_gflops else "fp32"
