@@ -17,7 +17,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from training.errors import ConvserveError
+from common.errors import ConvserveError
+from common.files import sha256_file, write_text_atomic
+from common.preprocessing import Preprocessing
 
 CARD_SCHEMA = "convserve.model_card/v1"
 CARD_FILE = "model_card.json"
@@ -34,17 +36,6 @@ FILE_NAMES: dict[str, str] = {
 
 class _Card(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class PreprocessingCard(_Card):
-    input_size: int = Field(ge=8)
-    resize_size: int = Field(ge=8)  # shorter side resized to this, then a centre crop of input_size
-    crop: Literal["center"] = "center"
-    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
-    mean: list[float] = Field(min_length=3, max_length=3)
-    std: list[float] = Field(min_length=3, max_length=3)
-    channels: Literal[1, 3] = 3  # 1: the model was trained on grayscale; convert, then repeat to 3 channels
-    max_pixels: int = 40_000_000  # decompression-bomb guard for decoders
 
 
 class ParityReport(_Card):
@@ -96,7 +87,7 @@ class ModelCard(_Card):
     class_names: list[str]
     activation: str = "relu"
     model_options: dict[str, int | float | bool | str | None] = {}
-    preprocessing: PreprocessingCard
+    preprocessing: Preprocessing
     files: list[ModelFile] = []
     source: SourceCard = SourceCard()
     versions: dict[str, str] = {}
@@ -122,12 +113,8 @@ def source_identity(card: ModelCard) -> str | None:
 
 def describe_file(folder: Path, path: str, fmt: ModelFormat, **fields) -> ModelFile:
     """A ModelFile entry for ``folder/path`` with its sha256 and size measured from the file itself."""
-    import hashlib
-
     full = Path(folder) / path
-    with open(full, "rb") as fh:
-        digest = hashlib.file_digest(fh, "sha256").hexdigest()
-    return ModelFile(path=path, format=fmt, sha256=digest, size_bytes=full.stat().st_size, **fields)
+    return ModelFile(path=path, format=fmt, sha256=sha256_file(full), size_bytes=full.stat().st_size, **fields)
 
 
 def unique_labels(names: list[str]) -> list[str]:
@@ -140,17 +127,13 @@ def unique_labels(names: list[str]) -> list[str]:
 
 def write_index_to_name(folder: Path, class_names: list[str]) -> Path:
     labels = unique_labels(class_names)
-    path = Path(folder) / INDEX_FILE
-    path.write_text(json.dumps({str(i): n for i, n in enumerate(labels)}, indent=1) + "\n")
-    return path
+    return write_text_atomic(
+        Path(folder) / INDEX_FILE, json.dumps({str(i): n for i, n in enumerate(labels)}, indent=1) + "\n"
+    )
 
 
 def write_card(folder: Path, card: ModelCard) -> Path:
-    path = Path(folder) / CARD_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(card.model_dump_json(indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(Path(folder) / CARD_FILE, card.model_dump_json(indent=2) + "\n")
 
 
 def read_card(folder: Path) -> ModelCard:

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from training.checkpoint import Checkpoint, Preprocessing
+from common.errors import ConvserveError, first_line
+from common.preprocessing import Preprocessing
+from training.checkpoint import Checkpoint
 from training.data.presets import EvalPreset
-from training.errors import ConvserveError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def image_file_tensor(path: Path, pre: Preprocessing) -> torch.Tensor:
     except FileNotFoundError:
         raise ConvserveError(f"check image {path} does not exist") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise ConvserveError(f"check image {path} cannot be decoded: {reason}") from None
     return EvalPreset(pre)(raw)
 

@@ -12,11 +12,11 @@ import logging
 import sys
 from pathlib import Path
 
+from common.errors import CliParser
 from export.onnx_export import ExportFailed
 from export.parity import ParityError
 from export.pipeline import ExportRequest, run_export
 from export.sources import TORCHVISION_ARCHS, ExportSource, checkpoint_source, torchvision_source
-from training.errors import CliParser
 
 
 def build_parser(description: str) -> CliParser:

@@ -24,8 +24,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.errors import ConvserveError
+from common.files import commit_temp, new_temp_path
 from export.artifact import CARD_FILE, FILE_NAMES, ModelCard, read_card, source_identity
-from training.errors import ConvserveError
 
 log = logging.getLogger(__name__)
 
@@ -40,31 +41,22 @@ class Claim:
     staged: dict[str, Path] = field(default_factory=dict)  # final name → temporary file
 
     def stage(self, name: str) -> Path:
-        """A temporary path in the folder for the file that will become ``name``."""
-        path = self.folder / f"{TEMP_PREFIX}{name}.tmp"
-        path.unlink(missing_ok=True)
+        """A fresh temporary path in the folder for the file that will become ``name``."""
+        path = new_temp_path(self.folder / name, prefix=TEMP_PREFIX)
         self.staged[name] = path
         return path
 
     def commit(self) -> None:
         for path in self.stale:
             path.unlink(missing_ok=True)
-        mode = 0o666 & ~_umask()  # temporary files are private (mkstemp); the artifact gets ordinary permissions
         for name, tmp in self.staged.items():
-            os.chmod(tmp, mode)
-            os.replace(tmp, self.folder / name)
+            commit_temp(tmp, self.folder / name)
         self.staged.clear()
 
     def discard(self) -> None:
         for tmp in self.staged.values():
             tmp.unlink(missing_ok=True)
         self.staged.clear()
-
-
-def _umask() -> int:
-    current = os.umask(0o022)
-    os.umask(current)
-    return current
 
 
 @contextmanager

@@ -24,6 +24,8 @@ from pathlib import Path
 import onnx
 import torch
 
+from common.errors import first_line
+
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "input"
@@ -68,7 +70,7 @@ def export_onnx(
                 _export_dynamo(module, example, path, opset, batch)
         except Exception as exc:  # the exporters raise many types; this is an exporter limit, not user input
             how = "legacy exporter" if legacy else "dynamo exporter (try --legacy)"
-            raise ExportFailed(f"torch.onnx {how} failed: {_first_line(exc)}") from exc
+            raise ExportFailed(f"torch.onnx {how} failed: {first_line(exc)}") from exc
     simplify(path)
     check_onnx(path)
     return file_opset(path)
@@ -113,7 +115,7 @@ def simplify(path: Path) -> None:
         slimmed = onnxslim.slim(onnx.load(str(path)))
         onnx.checker.check_model(slimmed, full_check=True)
     except Exception as exc:  # onnxslim is an optimisation: losing it is a warning, not a failed export
-        log.warning("onnxslim could not simplify %s (%s); keeping the exporter's graph", path.name, _first_line(exc))
+        log.warning("onnxslim could not simplify %s (%s); keeping the exporter's graph", path.name, first_line(exc))
         return
     onnx.save_model(slimmed, str(path))
 
@@ -127,7 +129,7 @@ def check_onnx(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as exc:
-        raise ExportFailed(f"onnx.checker rejects {path.name}: {_first_line(exc)}") from None
+        raise ExportFailed(f"onnx.checker rejects {path.name}: {first_line(exc)}") from None
 
 
 def quantize_int8(fp32_path: Path, path: Path, calibration: torch.Tensor, batch: int = 32) -> None:
@@ -156,12 +158,7 @@ def quantize_int8(fp32_path: Path, path: Path, calibration: torch.Tensor, batch:
             weight_type=QuantType.QInt8,
         )
     except Exception as exc:  # onnxruntime.quantization raises many types
-        raise ExportFailed(f"onnxruntime int8 quantisation failed: {_first_line(exc)}") from exc
+        raise ExportFailed(f"onnxruntime int8 quantisation failed: {first_line(exc)}") from exc
     finally:
         prepared.unlink(missing_ok=True)
     check_onnx(path)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
+from common.errors import ConvserveError
 from export.artifact import (
     FILE_NAMES,
     ModelCard,
     ModelFile,
-    PreprocessingCard,
     describe_file,
     unique_labels,
     write_card,
@@ -47,7 +47,6 @@ from export.parity import (
 from export.sources import ExportSource
 from export.torchscript_export import export_torchscript
 from training.checkpoint import save_checkpoint
-from training.errors import ConvserveError
 from training.models import model_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -239,7 +238,7 @@ class _Job:
             class_names=unique_labels(ckpt.class_names),
             activation=ckpt.activation,
             model_options=ckpt.model_options,
-            preprocessing=PreprocessingCard(**ckpt.preprocessing.to_dict()),
+            preprocessing=ckpt.preprocessing,
             source=source.card,
             versions={**(self.claim.card.versions if self.claim.card else {}), **export_versions(ckpt.versions)},
             notes=notes,

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import torch
 
+from common.errors import ConvserveError, first_line
+from common.files import sha256_file
+from common.preprocessing import Preprocessing
 from export.artifact import SourceCard
-from training.checkpoint import Checkpoint, Preprocessing, load_checkpoint, sha256_file
-from training.errors import ConvserveError
+from training.checkpoint import Checkpoint, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +138,7 @@ def _load_weights(arch: str, weights) -> tuple[torch.nn.Module, bool, str]:
     try:
         return torchvision.models.get_model(arch, weights=weights).eval(), False, ""
     except (OSError, RuntimeError) as exc:  # URLError is an OSError; a damaged file a RuntimeError
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
     with torch.random.fork_rng():
         torch.manual_seed(RANDOM_SEED)
         model = torchvision.models.get_model(arch, weights=None, num_classes=len(weights.meta["categories"]))

@@ -9,8 +9,8 @@ its parity check (nothing written); 2: bad input (one ``error:`` line).
 
 from __future__ import annotations
 
+from common.errors import run_cli
 from export.cli_common import base_request, build_parser, export_and_report, open_source
-from training.errors import run_cli
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,7 +54,7 @@ Image.fromarray(digit).resize((64, 64), Image.BILINEAR).save(out / f"digit-{bunc
 PY
 for img in "$SERVE_DIR"/cat.jpg "$SERVE_DIR"/digit-*.png; do
     echo "-- $(basename "$img")"
-    "$BIN/python" training/predict.py --url "http://127.0.0.1:$PORT/predictions/alexnet" "$img"
+    "$BIN/python" serving/predict.py --url "http://127.0.0.1:$PORT/predictions/alexnet" "$img"
 done
 echo
 echo "try it yourself:  curl -T $SERVE_DIR/cat.jpg http://127.0.0.1:$PORT/predictions/alexnet"

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from common.errors import run_cli
 from serving.backends import BACKENDS
 from serving.model_archive import ARCHIVE_FORMATS, ArchiveSettings, build_archive
-from training.errors import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,17 +9,17 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
 
+from common.errors import ConvserveError, first_line
+from common.files import sha256_file
+from common.host_memory import trim_heap
 from export.artifact import ModelCard, ModelFile
 from serving.cpu_share import default_threads
-from training.engine.host_memory import trim_heap
-from training.errors import ConvserveError
 
 # auto picks the first format the card lists, in this order
 AUTO_ORDER = ("onnx", "torchscript", "eager", "onnx-fp16", "onnx-int8")
@@ -56,7 +56,7 @@ class OnnxBackend:
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
-            raise ConvserveError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from None
+            raise ConvserveError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from None
         trim_heap()  # parsing the model file left its bytes as free heap: return them (-15 to -30 MB RSS)
         first = self.session.get_inputs()[0]
         self.input_name = first.name
@@ -90,7 +90,7 @@ class TorchScriptBackend(_TorchBackend):
         try:
             model = torch.jit.load(str(path), map_location=device)
         except (RuntimeError, ValueError, OSError) as exc:
-            raise ConvserveError(f"cannot load TorchScript model {path}: {str(exc).splitlines()[0]}") from None
+            raise ConvserveError(f"cannot load TorchScript model {path}: {first_line(exc)}") from None
         super().__init__(model, device, threads)
 
 
@@ -103,7 +103,8 @@ class EagerBackend(_TorchBackend):
             from training.models import model_from_checkpoint
         except ImportError as exc:
             raise ConvserveError(f"the eager backend needs the convserve training package: {exc}") from None
-        super().__init__(model_from_checkpoint(load_checkpoint(path)), device, threads)
+        self.checkpoint = load_checkpoint(path)  # its facts (classes, preprocessing) serve checkpoints directly
+        super().__init__(model_from_checkpoint(self.checkpoint), device, threads)
 
 
 def share_cores(backend: Backend) -> None:
@@ -114,13 +115,6 @@ def share_cores(backend: Backend) -> None:
     """
     if backend.name == "onnx" and backend.device == "cpu":
         torch.set_num_threads(1)
-
-
-def resolve_device(device: str | None) -> str:
-    """``None``/"auto": the first GPU when torch sees one, else the CPU."""
-    if device in (None, "auto"):
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def pick_model_file(card: ModelCard, backend: str) -> ModelFile:
@@ -142,9 +136,7 @@ def verify_model_file(folder: Path, model_file: ModelFile) -> Path:
         raise ConvserveError(f"model file {path} listed in the card is missing")
     if path.stat().st_size != model_file.size_bytes:
         raise ConvserveError(f"{path} is {path.stat().st_size} bytes, the card says {model_file.size_bytes}")
-    with open(path, "rb") as fh:
-        digest = hashlib.file_digest(fh, "sha256").hexdigest()
-    if digest != model_file.sha256:
+    if sha256_file(path) != model_file.sha256:
         raise ConvserveError(f"{path} does not match the sha256 in the card (file changed after export?)")
     return path
 

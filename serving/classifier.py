@@ -12,11 +12,12 @@ from pathlib import Path
 
 import torch
 
-from export.artifact import ModelCard, read_card, read_index_to_name
-from serving.backends import Backend, load_backend, pick_model_file, resolve_device
-from serving.images import decode_image
-from serving.preprocessing import prepare_batch
-from training.errors import ConvserveError
+from common.devices import choose_device
+from common.errors import ConvserveError
+from common.images import decode_image
+from common.preprocessing import prepare_batch
+from export.artifact import ModelCard, read_card, read_index_to_name, unique_labels
+from serving.backends import Backend, EagerBackend, load_backend, pick_model_file
 
 TOP_K = 5
 
@@ -43,8 +44,25 @@ class Classifier:
         folder = Path(folder)
         card = read_card(folder)
         model_file = pick_model_file(card, backend)
-        runner = load_backend(folder, model_file, resolve_device(device), threads)
+        runner = load_backend(folder, model_file, str(choose_device(device)), threads)
         return cls(card, read_index_to_name(folder), runner, top_k)
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: Path | str, device: str | None = None, threads: int | None = None, top_k: int = TOP_K
+    ) -> Classifier:
+        """A training checkpoint served by the eager backend, with the facts the checkpoint carries."""
+        runner = EagerBackend(Path(path), str(choose_device(device)), threads)
+        ckpt = runner.checkpoint
+        card = ModelCard(
+            name=Path(path).stem,
+            arch=ckpt.arch,
+            num_classes=ckpt.num_classes,
+            class_names=ckpt.class_names,
+            activation=ckpt.activation,
+            preprocessing=ckpt.preprocessing,
+        )
+        return cls(card, unique_labels(ckpt.class_names), runner, top_k)
 
     def decode(self, data: bytes) -> torch.Tensor:
         """Encoded bytes → uint8 (C, H, W) with the card's channel count; raises InputError (4xx) on bad data."""

@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
+from common.errors import InputError
 from serving.backends import share_cores
 from serving.classifier import Classifier
 from serving.cpu_share import default_threads, default_workers
-from serving.errors import InputError
 from serving.payload import image_bytes
 
 log = logging.getLogger(__name__)

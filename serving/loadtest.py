@@ -16,8 +16,9 @@ import json
 import os
 from pathlib import Path
 
-from serving.bench.loadgen import LoadPlan, read_payloads, run_load_sync, summary_lines
-from training.errors import CliParser, ConvserveError, run_cli
+from common.errors import CliParser, ConvserveError, run_cli
+from common.files import write_text_atomic
+from serving.loadgen import LoadPlan, read_payloads, run_load_sync, summary_lines
 
 
 def build_parser() -> CliParser:
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(summary_lines(result)))
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(result.model_dump(mode="json"), indent=1) + "\n")
+        write_text_atomic(args.output, json.dumps(result.model_dump(mode="json"), indent=1) + "\n")
         print(f"wrote {args.output}")
     return 0 if result.ok else 1
 

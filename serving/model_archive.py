@@ -22,9 +22,9 @@ from pathlib import Path
 
 import yaml
 
+from common.errors import ConvserveError
 from export.artifact import CARD_FILE, INDEX_FILE, read_card
 from serving.backends import pick_model_file, verify_model_file
-from training.errors import ConvserveError
 
 REPO = Path(__file__).resolve().parents[1]
 HANDLER = REPO / "serving" / "handler.py"

@@ -18,7 +18,7 @@ import json
 import re
 from typing import Any
 
-from serving.errors import InputError
+from common.errors import InputError
 
 IMAGE_FIELDS = ("data", "image", "file", "b64", "body")
 JSON_FIELDS = ("image", "data", "b64")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from common.errors import ConvserveError, run_cli
 from serving.torchserve_process import ServerSettings, run_server, stop_recorded
-from training.errors import ConvserveError, run_cli
 
 
 def parse_models(items: list[str]) -> dict[str, str]:

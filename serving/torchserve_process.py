@@ -28,8 +28,9 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
+from common.errors import ConvserveError
+from common.files import write_text_atomic
 from serving.cpu_share import default_workers
-from training.errors import ConvserveError
 
 BASE_CONFIG = Path(__file__).with_name("config.properties")
 WORKER_DIED = ("Backend worker process died", "Load model failed", "Failed to load model")
@@ -246,7 +247,7 @@ class TorchServeProcess:
                 cmd, cwd=self.run_dir, env=env, stdout=console, stderr=subprocess.STDOUT, start_new_session=True
             )
         state = {"pgid": self.proc.pid, "tmp_dir": str(self.tmp_dir), "inference": self.inference_url}
-        (self.run_dir / "server.json").write_text(json.dumps(state, indent=1) + "\n")
+        write_text_atomic(self.run_dir / "server.json", json.dumps(state, indent=1) + "\n")
 
     def console_text(self) -> str:
         path = self.run_dir / "console.log"

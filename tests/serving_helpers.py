@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from export.artifact import ModelCard, ModelFile, PreprocessingCard, write_card, write_index_to_name
-from training.checkpoint import Checkpoint, Preprocessing, load_checkpoint, save_checkpoint
+from common.preprocessing import Preprocessing
+from export.artifact import ModelCard, ModelFile, write_card, write_index_to_name
+from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from training.data.presets import EvalPreset
 from training.models import model_from_checkpoint
 from training.models.builders import build_model
@@ -92,7 +93,7 @@ def build_artifact(run_dir: Path, folder: Path, formats: tuple[str, ...] = ("onn
         class_names=ckpt.class_names,
         activation=ckpt.activation,
         model_options=ckpt.model_options,
-        preprocessing=PreprocessingCard(**ckpt.preprocessing.to_dict()),
+        preprocessing=ckpt.preprocessing,
         files=files,
     )
     write_card(folder, card)

@@ -9,32 +9,20 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
-from training.errors import ConvserveError
+from common.errors import ConvserveError, first_line
+from common.files import atomic_file, atomic_path
+from common.preprocessing import Preprocessing
+from common.versions import library_versions
 
 CHECKPOINT_FORMAT = "convserve.checkpoint/v1"
-
-
-@dataclass
-class Preprocessing:
-    """What a consumer must do to an image before the model sees it (written once, by training)."""
-
-    input_size: int
-    resize_size: int
-    mean: list[float]
-    std: list[float]
-    channels: int  # channels of the training data: 1 means convert to grayscale, then repeat to 3
-    interpolation: str = "bilinear"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 @dataclass
@@ -76,19 +64,6 @@ class Checkpoint:
         }
 
 
-def library_versions() -> dict[str, str]:
-    import platform
-
-    import torchvision
-
-    # str(): torch.__version__ is a TorchVersion object, which weights_only loading refuses
-    return {
-        "torch": str(torch.__version__),
-        "torchvision": str(torchvision.__version__),
-        "python": platform.python_version(),
-    }
-
-
 def save_checkpoint(ckpt: Checkpoint, path: Path, durable: bool = False) -> None:
     """Write atomically: a temp file in the same folder, then rename over the target.
 
@@ -96,39 +71,25 @@ def save_checkpoint(ckpt: Checkpoint, path: Path, durable: bool = False) -> None
     (seconds per save for AlexNet-sized files, so per-epoch saves skip it).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.fchmod(fd, 0o666 & ~mask)  # mkstemp's 0600 would survive the rename
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_file(path, "wb", durable=durable) as fh:
             torch.save(ckpt.to_payload(), fh)
-            if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError from its zip writer
-        Path(tmp).unlink(missing_ok=True)
         free = shutil.disk_usage(path.parent).free / 2**20
         raise ConvserveError(
-            f"cannot write checkpoint {path} ({free:.0f} MB free there): {str(exc).splitlines()[0]}; "
+            f"cannot write checkpoint {path} ({free:.0f} MB free there): {first_line(exc)}; "
             "the previous file under that name is intact"
         ) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def link_checkpoint(source: Path, target: Path) -> None:
     """Make ``target`` name the same file as ``source``, atomically (link to a temp name, then rename)."""
-    tmp = target.with_name(f".{target.name}.link.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:  # filesystems without hard links
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    with atomic_path(target, durable=False) as tmp:
+        tmp.unlink()  # a fresh unique name, free for the link
+        try:
+            os.link(source, tmp)
+        except OSError:  # filesystems without hard links
+            shutil.copyfile(source, tmp)
 
 
 _REQUIRED = ("arch", "num_classes", "class_names", "preprocessing", "activation", "model_state")
@@ -146,13 +107,22 @@ def _read_payload(path: Path) -> dict[str, Any]:
         what = f"it references {found.group(1)}" if found else "it is not plain tensors and primitives"
         raise ConvserveError(f"{path} holds pickled Python objects and was refused, never unpickled ({what})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise ConvserveError(f"{path} is not a readable checkpoint: {str(exc).splitlines()[0]}") from None
+        raise ConvserveError(f"{path} is not a readable checkpoint: {first_line(exc)}") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ConvserveError(f"{path} is not a convserve checkpoint (expected format {CHECKPOINT_FORMAT!r})")
     missing = [k for k in _REQUIRED if k not in payload]
     if missing:
         raise ConvserveError(f"checkpoint {path} lacks {', '.join(missing)}")
     return payload
+
+
+def _preprocessing(path: Path, facts: Any) -> Preprocessing:
+    try:
+        return Preprocessing.model_validate(facts)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConvserveError(f"checkpoint {path} has invalid preprocessing facts: {where}: {first['msg']}") from None
 
 
 def load_checkpoint(path: Path | str, expected_arch: str | None = None, with_train_state: bool = False) -> Checkpoint:
@@ -168,7 +138,7 @@ def load_checkpoint(path: Path | str, expected_arch: str | None = None, with_tra
         arch=payload["arch"],
         num_classes=int(payload["num_classes"]),
         class_names=list(names),
-        preprocessing=Preprocessing(**payload["preprocessing"]),
+        preprocessing=_preprocessing(path, payload["preprocessing"]),
         activation=payload["activation"],
         model_options=dict(payload.get("model_options") or {}),
         model_state=payload["model_state"],
@@ -180,13 +150,3 @@ def load_checkpoint(path: Path | str, expected_arch: str | None = None, with_tra
         train_state=payload.get("train_state") if with_train_state else None,
         path=path,
     )
-
-
-def sha256_file(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from common.errors import CliParser, run_cli
 from training.analysis.compare_models import compare_checkpoints, format_comparison
-from training.errors import CliParser, run_cli
 
 
 def build_parser() -> CliParser:

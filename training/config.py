@@ -8,8 +8,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from common.errors import ConvserveError, first_line
+from common.files import write_text_atomic
 from training.engine.precision import PRECISIONS
-from training.errors import ConvserveError
 
 ARCHS = ("alexnet", "resnet18", "resnet34", "mlp")
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "caltech101", "imagefolder", "tiny-imagenet")
@@ -203,7 +204,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     try:
         tree = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConvserveError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        raise ConvserveError(f"config {path} is not valid YAML: {first_line(exc)}") from exc
     if not isinstance(tree, dict):
         raise ConvserveError(f"config {path} must hold a mapping at the top level")
     return tree
@@ -231,4 +232,4 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def dump_config(cfg: TrainConfig, path: Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    write_text_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -6,14 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 from torch.utils.data import DataLoader
 
+from common.devices import choose_device
+from common.errors import CliParser, ConvserveError, first_line, run_cli
 from training.checkpoint import load_checkpoint
 from training.config import DATASETS, DataConfig
 from training.data.registry import build_eval_split
 from training.engine.evaluate import evaluate
-from training.errors import CliParser, ConvserveError, run_cli
 from training.models import model_from_checkpoint
 
 
@@ -42,7 +42,7 @@ def data_config_for(ckpt, dataset: str | None, data_dir: Path | None) -> tuple[D
     try:
         return DataConfig.model_validate(saved), seed
     except ValueError as exc:
-        raise ConvserveError(f"checkpoint data settings are invalid: {str(exc).splitlines()[0]}") from None
+        raise ConvserveError(f"checkpoint data settings are invalid: {first_line(exc)}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset, class_names = build_eval_split(data_cfg, ckpt.arch, seed, args.split, ckpt.preprocessing)
     if len(class_names) != ckpt.num_classes:
         raise ConvserveError(f"{data_cfg.name} has {len(class_names)} classes, the checkpoint {ckpt.num_classes}")
-    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    device = choose_device(args.device)
     model = model_from_checkpoint(ckpt).to(device)
     loader = DataLoader(dataset, batch_size=args.batch_size)
     result = evaluate(model, loader, device, ckpt.class_names, print_freq=args.print_freq, show_progress=not args.json)

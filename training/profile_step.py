@@ -11,14 +11,15 @@ from pathlib import Path
 
 import torch
 
+from common.devices import choose_device
+from common.errors import run_cli
+from common.host_memory import retain_freed_memory
 from training.config import load_config
 from training.engine.distributed import DistInfo
-from training.engine.host_memory import retain_freed_memory
 from training.engine.step_profile import profile_epoch
 from training.engine.throughput import training_rate
-from training.errors import run_cli
 from training.train import build_parser
-from training.trainer import build_session, make_loaders, resolve_device, set_training_threads
+from training.trainer import build_session, make_loaders, set_training_threads
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in vars(args).items() if k not in ("config", "resume", "output_dir")}
     cfg = load_config(args.config, overrides)
     retain_freed_memory()
-    info, device = DistInfo(), resolve_device(cfg.run.device)
+    info, device = DistInfo(), choose_device(cfg.run.device)
     set_training_threads(info)
     with tempfile.TemporaryDirectory() as scratch:
         s = build_session(cfg, info, device, Path(scratch))

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import csv
-import json
-import os
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from training.errors import ConvserveError
+from common.errors import ConvserveError
+from common.files import atomic_file, write_json_atomic
 
 METRIC_COLUMNS = [
     "epoch",
@@ -24,25 +22,6 @@ METRIC_COLUMNS = [
     "epoch_seconds",
 ]
 RUN_MARKERS = ("config.yaml", "metrics.csv", "summary.json", "checkpoints")
-
-
-def umask_mode() -> int:
-    """The mode a plain open() would give: mkstemp's temp files are 0600, which would outlive the rename."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, umask_mode())
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(Path(path), json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
 def holds_run(path: Path) -> bool:
@@ -94,14 +73,10 @@ class RunRecorder:
         return self.path / "checkpoints"
 
     def _write_csv(self) -> None:
-        target = self.path / "metrics.csv"
-        fd, tmp = tempfile.mkstemp(prefix=".metrics.", suffix=".tmp", dir=self.path)
-        os.fchmod(fd, umask_mode())
-        with os.fdopen(fd, "w", newline="") as fh:
+        with atomic_file(self.path / "metrics.csv", "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
             writer.writeheader()
             writer.writerows(self.history)
-        os.replace(tmp, target)
 
     def log_epoch(self, row: dict[str, float]) -> None:
         self.history.append(row)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from common.errors import CliParser, run_cli
 from training.config import ARCHS, DATASETS, load_config
 from training.engine.precision import PRECISIONS
-from training.errors import CliParser, run_cli
 from training.trainer import load_resume_config, run_training
 
 

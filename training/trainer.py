@@ -17,20 +17,22 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
+from common.devices import choose_device
+from common.errors import ConvserveError
+from common.host_memory import retain_freed_memory
+from common.versions import library_versions
 from hardware.cpus import usable_cpus
 from training.analysis.plots import write_run_plots
-from training.checkpoint import Checkpoint, library_versions, link_checkpoint, load_checkpoint, save_checkpoint
+from training.checkpoint import Checkpoint, link_checkpoint, load_checkpoint, save_checkpoint
 from training.config import TrainConfig, build_config, config_to_dict, dump_config
 from training.data import DataBundle, build_datasets
 from training.data.presets import BatchCollate
 from training.engine.distributed import DistInfo, ShardSampler, broadcast_object, init_distributed, shutdown_distributed
 from training.engine.ema import WeightAverage
 from training.engine.evaluate import EvalResult, evaluate
-from training.engine.host_memory import retain_freed_memory
 from training.engine.precision import PrecisionChoice, resolve_precision
 from training.engine.throughput import training_rate
 from training.engine.train_loop import train_one_epoch
-from training.errors import ConvserveError
 from training.models import build_model
 from training.records import RunRecorder, claim_run_dir, new_run_dir
 
@@ -61,14 +63,6 @@ class Session:
     def eval_model(self) -> nn.Module:
         """What validation, checkpoints and export see: the weight average when there is one."""
         return self.ema.model if self.ema is not None else self.model_without_ddp
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConvserveError("--device cuda was asked for but no CUDA GPU is available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 def set_training_threads(info: DistInfo) -> None:
@@ -458,7 +452,7 @@ def load_resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
 def run_training(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     wall_start = time.perf_counter()
     retain_freed_memory()  # before the first big tensor: halves a CPU step (see host_memory)
-    device = resolve_device(cfg.run.device)
+    device = choose_device(cfg.run.device)
     info = init_distributed(device.type)
     set_training_threads(info)
     try:

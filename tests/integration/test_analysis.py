@@ -20,12 +20,12 @@ import torch
 import yaml
 from PIL import Image
 
+from common.errors import ConvserveError, run_cli
 from tests.conftest import PYTHON, REPO
 from training.analysis.compare_models import compare_checkpoints
 from training.analysis.filters_viz import FILTER_TILE, MAP_TILE, grid_size, write_filter_pictures
 from training.analysis.reports import write_report
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.errors import ConvserveError, run_cli
 
 pytestmark = pytest.mark.slow
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -33,14 +33,15 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def cli(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(PYTHON), f"training/{script}", *map(str, args)],
+        [str(PYTHON), script if "/" in script else f"training/{script}", *map(str, args)],
         cwd=REPO, capture_output=True, text=True, timeout=timeout, env=dict(os.environ),
     )  # fmt: skip
 
 
 def run(script: str, *args) -> subprocess.CompletedProcess:
     """The CLI in this process (its main behind run_cli): the same code as ``cli`` without a Python start-up."""
-    main = importlib.import_module(f"training.{script.removesuffix('.py')}").main
+    module = script.removesuffix(".py").replace("/", ".")
+    main = importlib.import_module(module if "." in module else f"training.{module}").main
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
         run_cli(main, [str(a) for a in args])
@@ -65,7 +66,7 @@ def test_every_run_gets_its_plots(digits_run):
 
 def test_predict_names_the_true_digit(digits_run, digit_images):
     ckpt = digits_run("mlp", 2) / "checkpoints" / "best.pt"
-    proc = cli("predict.py", ckpt, *(p for p, _ in digit_images), "--topk", "3", "--json")
+    proc = cli("serving/predict.py", ckpt, *(p for p, _ in digit_images), "--topk", "3", "--json")
     assert proc.returncode == 0, proc.stderr
     answers = json.loads(proc.stdout)
     assert [a["image"] for a in answers] == [str(p) for p, _ in digit_images]
@@ -83,16 +84,16 @@ def test_predict_reads_photos_in_any_mode_and_prints_a_table(digits_run, photos,
     with Image.open(photos["chelsea"]) as im:
         im.convert("RGBA").save(rgba)
         im.convert("CMYK").save(cmyk)
-    proc = run("predict.py", ckpt, photos["camera"], rgba, cmyk, photos["chelsea"], "--topk", "2")
+    proc = run("serving/predict.py", ckpt, photos["camera"], rgba, cmyk, photos["chelsea"], "--topk", "2")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == 4 * 3 and lines[0] == str(photos["camera"])
     assert all(line.strip().startswith(("1. ", "2. ")) and line.endswith("%") for line in lines if line[0] == " ")
 
 
-def test_local_decoding_gives_the_pixels_serving_decodes(photos, tmp_path):
-    from serving.images import decode_image
-    from training.analysis.images import decode_bytes
+def test_training_files_decode_to_the_pixels_serving_decodes(photos, tmp_path):
+    from common.images import decode_image
+    from training.data.image_files import decode_rgb
 
     with Image.open(photos["chelsea"]) as im:
         im.load()
@@ -105,19 +106,18 @@ def test_local_decoding_gives_the_pixels_serving_decodes(photos, tmp_path):
     Image.fromarray(np.asarray(im.convert("L")).astype(np.uint16) * 257).save(wide, format="PNG")
     variants["gray16-png"] = wide.getvalue()
     for name, data in variants.items():
-        for channels in (1, 3):
-            ours, theirs = decode_bytes(data, channels, name), decode_image(data, channels)
-            assert ours.dtype == theirs.dtype == torch.uint8 and ours.shape == theirs.shape, (name, channels)
-            assert torch.equal(ours, theirs), (name, channels)
+        path = tmp_path / f"{name}.img"
+        path.write_bytes(data)
+        assert torch.equal(decode_rgb(path), decode_image(data, 3)), name
 
 
 def test_predict_bad_input_is_a_one_line_error(digits_run, tmp_path, digit_images):
     ckpt = digits_run("mlp", 2) / "checkpoints" / "best.pt"
     text = tmp_path / "notes.jpg"
     text.write_text("not an image")
-    one_line_error(run("predict.py", ckpt, text), "cannot decode image")
-    one_line_error(run("predict.py", tmp_path / "missing.pt", digit_images[0][0]), "does not exist")
-    one_line_error(run("predict.py", ckpt, tmp_path / "absent.png"), "cannot read image")
+    one_line_error(run("serving/predict.py", ckpt, text), "cannot decode image")
+    one_line_error(run("serving/predict.py", tmp_path / "missing.pt", digit_images[0][0]), "does not exist")
+    one_line_error(run("serving/predict.py", ckpt, tmp_path / "absent.png"), "cannot read image")
 
 
 def test_predict_answers_the_same_from_checkpoint_artifact_and_torchserve(digits_run, digit_images, photos, tmp_path):
@@ -130,8 +130,8 @@ def test_predict_answers_the_same_from_checkpoint_artifact_and_torchserve(digits
     build_archive(artifact, "digits", tmp_path / "store", backend="onnx")
     images = [*(p for p, _ in digit_images[:6]), photos["camera"], photos["chelsea"]]
     local = {
-        "checkpoint": run("predict.py", run_dir / "checkpoints" / "best.pt", *images, "--json"),
-        "artifact": run("predict.py", artifact, *images, "--json"),
+        "checkpoint": run("serving/predict.py", run_dir / "checkpoints" / "best.pt", *images, "--json"),
+        "artifact": run("serving/predict.py", artifact, *images, "--json"),
     }
     # a wildcard bind turns TorchServe's token authorization on, so --token is exercised for real
     settings = ServerSettings(
@@ -142,8 +142,9 @@ def test_predict_answers_the_same_from_checkpoint_artifact_and_torchserve(digits
         url = server.predictions_url("digits")
         token = server.auth_headers()["Authorization"].removeprefix("Bearer ")
         # --token=KEY: TorchServe's random keys may start with "-", which argparse takes for an option otherwise
-        served = cli("predict.py", "--url", url, f"--token={token}", *images, "--json")
-        refused = cli("predict.py", "--url", url, images[0])  # own process: no proxy settings leaked by other tests
+        served = cli("serving/predict.py", "--url", url, f"--token={token}", *images, "--json")
+        # own process: no proxy settings leaked by other tests
+        refused = cli("serving/predict.py", "--url", url, images[0])
     one_line_error(refused, "Token Authorization failed")
     answers = {}
     for how, proc in {**local, "served": served}.items():

@@ -13,13 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
+from benchmarking.charts import CHART_FILES
+from benchmarking.results import BASELINE, BenchmarkResults
+from benchmarking.stock import model_source, stock_unsupported
+from common.preprocessing import Preprocessing
 from export.artifact import read_card
-from serving.bench.charts import CHART_FILES
-from serving.bench.results import BASELINE, BenchmarkResults
-from serving.bench.stats import LatencyStats
-from serving.bench.stock import model_source, stock_unsupported
+from serving.latency_stats import LatencyStats
 from tests.serving_helpers import build_artifact
-from training.checkpoint import Checkpoint, Preprocessing, save_checkpoint
+from training.checkpoint import Checkpoint, save_checkpoint
 from training.models.builders import build_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,7 +28,7 @@ IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(REPO / "serving" / "benchmark.py"), *args]
+    cmd = [sys.executable, str(REPO / "benchmarking" / "benchmark.py"), *args]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=1500)
 
 

@@ -16,10 +16,11 @@ import pytest
 import torch
 import torchvision
 
+from common.files import sha256_file
 from export.artifact import FILE_NAMES, read_card, read_index_to_name, unique_labels
 from export.check_images import image_file_tensor
 from tests.conftest import PYTHON, REPO
-from training.checkpoint import load_checkpoint, sha256_file
+from training.checkpoint import load_checkpoint
 from training.models import model_from_checkpoint
 
 pytestmark = pytest.mark.slow

@@ -149,7 +149,7 @@ def test_evaluate_refuses_bad_checkpoints(checkpoint, tmp_path, digits_run):
         needle = "is a mlp model, not alexnet"
     if checkpoint == "other-arch":
         cmd = [str(PYTHON), "-c", "from training.checkpoint import load_checkpoint as l; import sys; "
-               "from training.errors import run_cli; run_cli(lambda a: l(sys.argv[1], expected_arch='alexnet') and 0)",
+               "from common.errors import run_cli; run_cli(lambda a: l(sys.argv[1], expected_arch='alexnet') and 0)",
                str(path)]  # fmt: skip
     else:
         cmd = [str(PYTHON), "training/evaluate.py", str(path)]

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import ConvserveError
+from common.files import sha256_file
+from common.preprocessing import Preprocessing
 from export.artifact import (
     CARD_FILE,
     ModelCard,
     ModelFile,
-    PreprocessingCard,
     SourceCard,
     describe_file,
     read_card,
@@ -23,8 +25,6 @@ from export.artifact import (
     write_index_to_name,
 )
 from export.destination import TEMP_PREFIX, claim_folder
-from training.checkpoint import sha256_file
-from training.errors import ConvserveError
 
 
 def make_card(identity: str = "a" * 64, files: list[ModelFile] | None = None) -> ModelCard:
@@ -33,7 +33,7 @@ def make_card(identity: str = "a" * 64, files: list[ModelFile] | None = None) ->
         arch="mlp",
         num_classes=3,
         class_names=["zero", "one", "two"],
-        preprocessing=PreprocessingCard(input_size=32, resize_size=32, mean=[0.3] * 3, std=[0.4] * 3, channels=1),
+        preprocessing=Preprocessing(input_size=32, resize_size=32, mean=[0.3] * 3, std=[0.4] * 3, channels=1),
         files=files or [],
         source=SourceCard(checkpoint="/runs/x/checkpoints/best.pt", checkpoint_sha256=identity),
     )

@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.checkpoint import Checkpoint, Preprocessing, load_checkpoint, save_checkpoint
-from training.errors import ConvserveError
+from common.errors import ConvserveError
+from common.preprocessing import Preprocessing
+from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from training.models import build_model, model_from_checkpoint
 
 

@@ -15,15 +15,13 @@ import torch
 from PIL import Image
 from ts.context import Context, RequestProcessor
 
-from export.artifact import PreprocessingCard, read_card, write_card
+from common.errors import ConvserveError, InputError
+from common.preprocessing import Preprocessing, prepare_batch, resize_and_crop
+from export.artifact import read_card, write_card
 from serving.classifier import Classifier
-from serving.errors import InputError
 from serving.handler import ConvserveHandler
-from serving.preprocessing import prepare_batch, resize_and_crop
 from tests.serving_helpers import EagerReference, build_artifact, random_run
-from training.checkpoint import Preprocessing
 from training.data.presets import EvalPreset
-from training.errors import ConvserveError
 
 BACKENDS = ("onnx", "torchscript", "eager")
 
@@ -68,7 +66,7 @@ def images(photos, digit_images) -> list[bytes]:
 @pytest.mark.parametrize("channels", [1, 3])
 def test_batch_preprocessing_is_eval_preset_bit_for_bit(photos, channels):
     facts = dict(input_size=56, resize_size=64, mean=[0.4, 0.5, 0.6], std=[0.2, 0.25, 0.3], channels=channels)
-    card, pre = PreprocessingCard(**facts), Preprocessing(**facts)
+    card, pre = Preprocessing(**facts), Preprocessing(**facts)
     mode = "L" if channels == 1 else "RGB"
     tensors = []
     for name in ("chelsea", "astronaut", "camera"):  # 451x300, 512x512, 512x512 gray
@@ -92,7 +90,7 @@ def test_resize_and_crop_is_torchvision_bit_for_bit(photos, mode, shape):
     array = np.asarray(Image.open(photos["chelsea"]).convert("RGB" if channels == 3 else "L").resize((width, height)))
     t = torch.from_numpy(array.copy())
     image = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
-    card = PreprocessingCard(input_size=56, resize_size=64, mean=[0.5] * 3, std=[0.25] * 3, interpolation=mode)
+    card = Preprocessing(input_size=56, resize_size=64, mean=[0.5] * 3, std=[0.25] * 3, interpolation=mode)
     ours = resize_and_crop(image, card)
     resized = F.resize(image, [64], interpolation=InterpolationMode(mode), antialias=True)
     assert torch.equal(ours, F.center_crop(resized, [56, 56]))
@@ -198,9 +196,17 @@ def test_a_changed_model_file_is_refused(gray_artifact, tmp_path):
 
 
 def test_onnx_asked_for_cuda_says_where_it_really_runs(gray_artifact, images):
-    """Without a usable GPU, ONNX Runtime falls back to its CPU provider; the backend reports that."""
+    """An explicit cuda without a GPU is a one-line error (as in every CLI); ONNX Runtime without its CUDA
+    provider runs on its CPU provider, and the backend reports that."""
+    if not torch.cuda.is_available():
+        with pytest.raises(ConvserveError, match="no CUDA GPU is available"):
+            Classifier.from_artifact(gray_artifact, backend="onnx", device="cuda")
+        return
+    import onnxruntime
+
     clf = Classifier.from_artifact(gray_artifact, backend="onnx", device="cuda")
-    assert clf.backend.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    has_provider = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    assert clf.backend.device == ("cuda" if has_provider else "cpu")
     assert clf.predict(images[:1])[0]
 
 

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import ConvserveError
 from training.config import build_config, dump_config, load_config, read_yaml
-from training.errors import ConvserveError
 
 
 def test_defaults_are_alexnet_on_digits():

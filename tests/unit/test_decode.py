@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serving.errors import InputError
-from serving.images import decode_image
+from common.errors import InputError
+from common.images import decode_image
 from serving.payload import image_bytes
 
 

@@ -19,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
+from common.errors import ConvserveError
 from tests.conftest import PYTHON, REPO
 from tests.fixture_datasets import (
     CIFAR_NAMES,
@@ -35,7 +36,6 @@ from training.data import build_datasets
 from training.data.folders import load_caltech101, load_imagefolder, load_tiny_imagenet
 from training.data.image_files import decode_rgb
 from training.data.torchvision_sets import load_cifar10, load_mnist
-from training.errors import ConvserveError
 
 MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 # A proxy on a closed local port: urllib's download fails at once, with or without internet.
@@ -290,7 +290,7 @@ def test_corrupt_image_is_a_one_line_error_naming_the_file(datasets, tmp_path):
 
 
 def test_decode_follows_serving_policies(tmp_path):
-    """Transparency on white, other formats through Pillow: what serving/images.py does with uploads."""
+    """Transparency on white, other formats through Pillow: what common/images.py does with uploads."""
     from skimage import data
 
     rgba = np.dstack([data.chelsea()[:40, :50], np.zeros((40, 50), np.uint8)])

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from serving.bench.loadgen import BATCH_HEADER, LoadPlan, Payload, read_payloads, run_load_sync
+from common.errors import ConvserveError
+from serving.loadgen import BATCH_HEADER, LoadPlan, Payload, read_payloads, run_load_sync
 from serving.loadtest import main as loadtest_main
 from tests.serving_helpers import free_port
-from training.errors import ConvserveError
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 REPO = Path(__file__).resolve().parents[2]

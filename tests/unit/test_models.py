@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from training.errors import ConvserveError
+from common.errors import ConvserveError
 from training.models import build_model, resolve_input_size
 
 

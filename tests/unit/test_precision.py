@@ -70,7 +70,7 @@ def test_config_default_is_auto_and_old_amp_keys_still_read():
 
 @pytest.mark.parametrize("tree", [{"run": {"amp": "sometimes"}}, {"run": {"amp": True, "precision": "fp32"}}])
 def test_bad_amp_values_are_one_line_errors(tree):
-    from training.errors import ConvserveError
+    from common.errors import ConvserveError
 
     with pytest.raises(ConvserveError, match="run") as err:
         build_config(tree)

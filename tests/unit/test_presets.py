@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from training.checkpoint import Preprocessing
+from common.preprocessing import Preprocessing
 from training.data.presets import BatchAffine, BatchCollate, TrainPreset
 
 PRE = Preprocessing(input_size=16, resize_size=16, mean=[0.3] * 3, std=[0.4] * 3, channels=1)

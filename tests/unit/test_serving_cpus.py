@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 import serving.cpu_share as cpu_share
+from benchmarking.machine import describe_machine
 from hardware.cpus import usable_cpus
-from serving.bench.machine import describe_machine
 from serving.handler import ConvserveHandler
 from serving.model_archive import HANDLER, OUR_PACKAGES, REPO, module_closure
 

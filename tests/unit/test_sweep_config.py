@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from common.errors import ConvserveError
 from training.analysis.sweep_config import load_sweep, resolve_key
 from training.config import build_config
-from training.errors import ConvserveError
 
 SHIPPED = sorted((Path(__file__).resolve().parents[2] / "training" / "configs" / "sweeps").glob("*.yaml"))
 

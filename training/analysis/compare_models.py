@@ -9,11 +9,12 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from common.devices import choose_device
+from common.errors import ConvserveError
 from training.checkpoint import Checkpoint, load_checkpoint
 from training.config import DataConfig
 from training.data.registry import build_eval_split
 from training.engine.evaluate import EvalResult, evaluate
-from training.errors import ConvserveError
 from training.evaluate import data_config_for
 from training.models import model_from_checkpoint
 
@@ -107,7 +108,7 @@ def compare_checkpoints(
     a, b = load_checkpoint(path_a), load_checkpoint(path_b)
     check_same_task(a, b)
     data_cfg, seed = data_config_for(a, None, data_dir)
-    dev = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+    dev = choose_device(device)
     ra, rb = _evaluate(a, data_cfg, seed, split, dev), _evaluate(b, data_cfg, seed, split, dev)
     if ra.targets != rb.targets:  # the same seeded split must give the same images in the same order
         raise RuntimeError("the two evaluations saw different images; the split is not deterministic")

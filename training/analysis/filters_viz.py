@@ -21,10 +21,10 @@ from matplotlib import colormaps
 from PIL import Image
 from torch import nn
 
-from training.analysis.images import read_image
+from common.errors import ConvserveError
+from common.images import decode_file
 from training.checkpoint import Checkpoint, load_checkpoint
 from training.data.presets import EvalPreset
-from training.errors import ConvserveError
 from training.models import model_from_checkpoint
 
 PAD = 2
@@ -174,7 +174,7 @@ def write_filter_pictures(
     model = model_from_checkpoint(ckpt)
     chosen = select_layers(conv_layers(model), layers, ckpt.arch)
     batch = (
-        EvalPreset(ckpt.preprocessing)(read_image(image, ckpt.preprocessing.channels)).unsqueeze(0) if image else None
+        EvalPreset(ckpt.preprocessing)(decode_file(image, ckpt.preprocessing.channels)).unsqueeze(0) if image else None
     )
     out = Path(output_dir) if output_dir else default_output_dir(checkpoint)
     clashes = [name for name in plan_files(chosen, batch is not None) if (out / name).exists()]

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
+from common.errors import ConvserveError
 from training.analysis.figures import Figure, new_figure, save_png
-from training.errors import ConvserveError
 from training.records import read_metrics
 
 PLOTS_DIR = "plots"

@@ -8,9 +8,10 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from common.errors import ConvserveError
+from common.files import write_text_atomic
 from training.analysis.figures import png_bytes
 from training.analysis.plots import PLOTS_DIR, read_history, read_summary, run_figures
-from training.errors import ConvserveError
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -131,5 +132,5 @@ def write_report(run_dirs: list[Path], output: Path | None = None, force: bool =
     if output.exists() and not force:
         raise ConvserveError(f"{output} already exists; pick another --output or pass --force")
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(html)
+    write_text_atomic(output, html)
     return output

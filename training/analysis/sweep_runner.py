@@ -27,8 +27,8 @@ from pathlib import Path
 import yaml
 
 import training
+from common.errors import ConvserveError
 from training.analysis.sweep_config import Sweep, SweepPoint
-from training.errors import ConvserveError
 from training.records import holds_run
 
 TRAIN_SCRIPT = Path(training.__file__).resolve().parent / "train.py"

@@ -9,7 +9,7 @@ from torch.nn import functional as nn_functional
 from torch.utils.data import default_collate
 from torchvision.transforms import v2
 
-from training.checkpoint import Preprocessing
+from common.preprocessing import Preprocessing, prepare_image
 
 CROP_RATIO = 0.875  # eval resize = crop / 0.875, as in torchvision's ImageNet references
 
@@ -28,26 +28,20 @@ def _finish(pre: Preprocessing) -> list:
 
 
 class EvalPreset:
-    """Resize (shorter side) then centre-crop; exactly what export and serving reproduce from the card."""
+    """Resize (shorter side), centre-crop, scale and normalise: common/preprocessing.py, the code serving runs."""
 
     def __init__(self, pre: Preprocessing):
-        self.transforms = v2.Compose(
-            [
-                v2.Resize(pre.resize_size, antialias=True),
-                v2.CenterCrop(pre.input_size),
-                *_finish(pre),
-            ]
-        )
+        self.pre = pre
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        return self.transforms(img)
+        return prepare_image(img, self.pre)
 
 
 class TrainPreset:
     def __init__(self, pre: Preprocessing, policy: str, augment: bool = True):
         size = pre.input_size
         if not augment:
-            steps = [v2.Resize(pre.resize_size, antialias=True), v2.CenterCrop(size)]
+            steps = [EvalPreset(pre)]  # already scaled and normalised
         elif policy == "natural":
             steps = [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
         elif policy == "digits":  # the affine jitter runs on whole batches: BatchAffine
@@ -59,7 +53,7 @@ class TrainPreset:
                 v2.RandomCrop(size, padding=max(1, size // 8)),
                 v2.RandomHorizontalFlip(),
             ]
-        self.transforms = v2.Compose([*steps, *_finish(pre)])
+        self.transforms = v2.Compose(steps if not augment else [*steps, *_finish(pre)])
         # applied by the loader to each collated batch (see BatchCollate); None: nothing batch-wise
         self.batch_transform = BatchAffine(pre, 10.0, 0.1, (0.9, 1.1)) if augment and policy == "digits" else None
 

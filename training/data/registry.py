@@ -9,12 +9,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Subset
 
-from training.checkpoint import Preprocessing
+from common.errors import ConvserveError
+from common.preprocessing import Preprocessing
 from training.config import DataConfig
 from training.data.facts import FACTS, MEASURED, DatasetFacts, describe, measure_facts
 from training.data.presets import EvalPreset, TrainPreset, eval_resize_size
 from training.data.splits import RawSplits, Transformed, limit_per_class
-from training.errors import ConvserveError
 from training.models import resolve_input_size
 
 

@@ -8,7 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
-from training.errors import ConvserveError
+from common.errors import ConvserveError, first_line
 from training.models.activations import swap_activations
 from training.models.mlp import MLP
 
@@ -33,7 +33,7 @@ def _load_pretrained(arch: str) -> nn.Module:
         return torchvision.models.get_model(arch, weights=weights)
     except (OSError, RuntimeError) as exc:  # URLError is an OSError
         raise ConvserveError(
-            f"cannot load torchvision's ImageNet weights for {arch} ({weights}): {str(exc).splitlines()[0]}; "
+            f"cannot load torchvision's ImageNet weights for {arch} ({weights}): {first_line(exc)}; "
             "without internet, place the file in $TORCH_HOME/hub/checkpoints or drop --pretrained"
         ) from None
 
@@ -108,7 +108,7 @@ def model_from_checkpoint(ckpt: Any) -> nn.Module:
     try:
         model.load_state_dict(ckpt.model_state, strict=True)
     except RuntimeError as exc:
-        raise ConvserveError(f"checkpoint weights do not fit a {ckpt.arch}: {str(exc).splitlines()[0]}") from None
+        raise ConvserveError(f"checkpoint weights do not fit a {ckpt.arch}: {first_line(exc)}") from None
     return model.eval()
 
 

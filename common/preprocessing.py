@@ -1,4 +1,5 @@
-"""Decoded images → one normalised float batch, reproducing training's EvalPreset from the card's facts.
+"""The preprocessing spec (written once by training into the checkpoint, copied into the model card) and the one
+eval transform that applies it: training's evaluation, the export check and serving all call ``prepare_batch``.
 
 Per image (sizes differ): resize the shorter side to ``resize_size`` (antialiased) and centre-crop
 ``input_size`` on uint8, as EvalPreset does; then the batch is stacked once and scaled, expanded to 3
@@ -13,14 +14,33 @@ torchvision's ``resize``/``center_crop``/``to_dtype``/``normalize`` bit for bit.
 from __future__ import annotations
 
 import platform
+from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch.nn.functional import interpolate
 
-from export.artifact import PreprocessingCard
-from training.errors import ConvserveError
+from common.errors import ConvserveError
 
 _MODES = ("bilinear", "bicubic", "nearest")
+
+
+class Preprocessing(BaseModel):
+    """What a consumer must do to an image before the model sees it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_size: int = Field(ge=8)
+    resize_size: int = Field(ge=8)  # shorter side resized to this, then a centre crop of input_size
+    crop: Literal["center"] = "center"
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
+    mean: list[float] = Field(min_length=3, max_length=3)
+    std: list[float] = Field(min_length=3, max_length=3)
+    channels: Literal[1, 3] = 3  # 1: the model was trained on grayscale; convert, then repeat to 3 channels
+    max_pixels: int = 40_000_000  # decompression-bomb guard for decoders
+
+    def to_dict(self) -> dict:
+        return self.model_dump()
 
 
 def resized_shape(height: int, width: int, shorter: int) -> tuple[int, int]:
@@ -74,12 +94,12 @@ def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
     return image[..., top : top + size, left : left + size]
 
 
-def resize_and_crop(image: torch.Tensor, pre: PreprocessingCard) -> torch.Tensor:
+def resize_and_crop(image: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
     """uint8 (C, H, W) → uint8 (C, input_size, input_size)."""
     return center_crop(resize_shorter(image, pre.resize_size, pre.interpolation), pre.input_size)
 
 
-def prepare_batch(images: list[torch.Tensor], pre: PreprocessingCard) -> torch.Tensor:
+def prepare_batch(images: list[torch.Tensor], pre: Preprocessing) -> torch.Tensor:
     """List of uint8 (C, H, W) images, all with the card's channel count → float32 (N, 3, S, S)."""
     batch = torch.stack([resize_and_crop(img, pre) for img in images])
     if batch.shape[1] == 1:  # grayscale-trained models take the channel repeated, as in training
@@ -88,3 +108,8 @@ def prepare_batch(images: list[torch.Tensor], pre: PreprocessingCard) -> torch.T
     mean = torch.tensor(pre.mean, dtype=torch.float32).view(-1, 1, 1)
     std = torch.tensor(pre.std, dtype=torch.float32).view(-1, 1, 1)
     return batch.sub_(mean).div_(std)
+
+
+def prepare_image(image: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
+    """One uint8 (C, H, W) image → float32 (3, S, S): ``prepare_batch`` of one."""
+    return prepare_batch([image], pre)[0]

@@ -1,4 +1,4 @@
-"""Top-k classes for your own photos: ``python training/predict.py CKPT_OR_ARTIFACT IMAGE... [--topk 5] [--json]``.
+"""Top-k classes for your own photos: ``python serving/predict.py CKPT_OR_ARTIFACT IMAGE... [--topk 5] [--json]``.
 
 CKPT_OR_ARTIFACT: a checkpoint (.pt), a run folder (its checkpoints/best.pt) or an exported artifact folder.
 With ``--url http://HOST:8080/predictions/NAME`` the images go to TorchServe instead (then give only images).
@@ -10,8 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
-from training.analysis.predictor import format_predictions, open_predictor, predict_files
-from training.errors import CliParser, run_cli
+from common.errors import CliParser, run_cli
+from serving.predictors import format_predictions, open_predictor, predict_files
 
 
 def build_parser() -> CliParser:

@@ -19,15 +19,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from export.artifact import ModelCard, read_card
-from serving.backends import AUTO_ORDER, default_threads, resolve_device
-from serving.bench.charts import write_charts
-from serving.bench.comparisons import evaluate
-from serving.bench.floors import Floors, compute_floors, forward_flops, measure_rates
-from serving.bench.inprocess import InProcessSpec, measure_isolated
-from serving.bench.loadgen import read_payloads
-from serving.bench.machine import describe_machine, load_average
-from serving.bench.results import (
+from benchmarking.charts import write_charts
+from benchmarking.comparisons import evaluate
+from benchmarking.floors import Floors, compute_floors, forward_flops, measure_rates
+from benchmarking.inprocess import InProcessSpec, measure_isolated
+from benchmarking.machine import describe_machine, load_average
+from benchmarking.results import (
     BASELINE,
     Batching,
     BenchmarkResults,
@@ -37,10 +34,15 @@ from serving.bench.results import (
     ModelInfo,
     RunSettings,
 )
-from serving.bench.served import STOCK, ServedPlan, measure_served
-from serving.bench.tables import render_markdown
+from benchmarking.served import STOCK, ServedPlan, measure_served
+from benchmarking.tables import render_markdown
+from common.devices import choose_device
+from common.errors import ConvserveError
+from common.files import write_text_atomic
+from export.artifact import ModelCard, read_card
+from serving.backends import AUTO_ORDER, default_threads
+from serving.loadgen import read_payloads
 from training.checkpoint import Checkpoint, load_checkpoint
-from training.errors import ConvserveError
 from training.models import model_from_checkpoint
 
 # scikit-image's bundled colour photos (the stock handler cannot take grayscale): 300 to 640 px, real JPEGs
@@ -70,7 +72,7 @@ class BenchmarkOptions:
     latency_requests: int | None = None
     workers: int = 1
     stages: tuple[str, ...] = STAGES
-    command: str = "python serving/benchmark.py"
+    command: str = "python benchmarking/benchmark.py"
 
 
 def run_settings(opts: BenchmarkOptions, device: str) -> RunSettings:
@@ -240,7 +242,7 @@ def check_output_dir(opts: BenchmarkOptions) -> None:
 def run_benchmark(opts: BenchmarkOptions, say: Callable[[str], None] = print) -> BenchmarkResults:
     check_output_dir(opts)
     started = time.perf_counter()
-    device = resolve_device(None if opts.device == "auto" else opts.device)
+    device = str(choose_device(opts.device))
     settings = run_settings(opts, device)
     machine = describe_machine()
     say(f"machine: {machine.cpu_model}, {machine.usable_cpus} CPUs, load average {machine.load_average}")
@@ -306,6 +308,6 @@ def write_results(results: BenchmarkResults, folder: Path) -> list[Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     checked = BenchmarkResults.model_validate_json(results.model_dump_json())
-    (folder / "results.json").write_text(checked.model_dump_json(indent=1) + "\n")
-    (folder / "results.md").write_text(render_markdown(checked))
+    write_text_atomic(folder / "results.json", checked.model_dump_json(indent=1) + "\n")
+    write_text_atomic(folder / "results.md", render_markdown(checked))
     return [folder / "results.json", folder / "results.md", *write_charts(checked, folder)]

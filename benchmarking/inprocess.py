@@ -1,6 +1,6 @@
 """In-process measurements of one backend, each in a fresh Python process so its memory is that backend's.
 
-``measure_isolated(spec)`` runs ``python -m serving.bench.inprocess SPEC.json OUT.json`` and reads the result;
+``measure_isolated(spec)`` runs ``python -m benchmarking.inprocess SPEC.json OUT.json`` and reads the result;
 ``measure(spec)`` is what that child does: load the artifact with ``Classifier.from_artifact`` (timed), then
 time the model alone at batch 1, the end-to-end path (encoded bytes → top-k), decode and preprocess on their
 own, and the model at larger batches, and finally read the process's peak RSS from /proc.
@@ -19,9 +19,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from serving.bench.procfs import own_peak_rss_mb, process_memory
-from serving.bench.results import InProcessFailure, InProcessResult, ThroughputPoint
-from serving.bench.stats import LatencyStats
+from benchmarking.procfs import own_peak_rss_mb, process_memory
+from benchmarking.results import InProcessFailure, InProcessResult, ThroughputPoint
+from serving.latency_stats import LatencyStats
 
 
 class InProcessSpec(BaseModel):
@@ -182,7 +182,7 @@ def _stock_timing(card, encoded: list[bytes], spec: InProcessSpec) -> list[float
 
     from PIL import Image
 
-    from serving.bench.stock import stock_unsupported
+    from benchmarking.stock import stock_unsupported
 
     if stock_unsupported(card):
         return None
@@ -203,7 +203,7 @@ def measure_isolated(spec: InProcessSpec, timeout_s: float = 1800.0) -> InProces
     with tempfile.TemporaryDirectory(prefix="convserve-bench-") as tmp:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_path.write_text(spec.model_dump_json())
-        cmd = [sys.executable, "-m", "serving.bench.inprocess", str(spec_path), str(out_path)]
+        cmd = [sys.executable, "-m", "benchmarking.inprocess", str(spec_path), str(out_path)]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:

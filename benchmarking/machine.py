@@ -1,7 +1,7 @@
 """What the numbers were measured on: CPU, cores, memory, load, library versions, thread settings, GPU.
 
 CPU model and usable CPUs come from ``hardware`` (the one implementation for the whole project); the machine's
-rates (GEMM, read bandwidth) are measured with the floors, in ``serving.bench.floors``.
+rates (GEMM, read bandwidth) are measured with the floors, in ``benchmarking.floors``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from common.versions import library_versions
 from hardware.cpu_features import cpu_model
 from hardware.cpus import affinity_cpus, cgroup_cpu_limit, usable_cpus
 
@@ -53,18 +54,6 @@ def ram_gb() -> float:
 
 def load_average() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
-
-
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for dist in ("torch", "torchvision", "onnxruntime-gpu", "onnxruntime", "onnx", "torchserve", "aiohttp", "numpy"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            continue
-    return out
 
 
 def java_version() -> str | None:

@@ -1,13 +1,39 @@
-"""The one exception type users can cause; CLIs turn it into a one-line message and exit code 2."""
+"""The errors users can cause, and the CLI edge that turns them into one line and exit code 2."""
+
+from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Callable
 from typing import NoReturn
 
+REASONS = {400: "Bad Request", 413: "Payload Too Large", 415: "Unsupported Media Type"}
+
 
 class ConvserveError(Exception):
     """A problem with the user's input (config, data, checkpoint, paths), not a bug of ours."""
+
+
+class InputError(ConvserveError):
+    """Bad client input (an image, a request): answered with ``status`` (4xx) and a one-line ``message``."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+    @property
+    def reason(self) -> str:
+        return REASONS.get(self.status, "Client Error")
+
+    def to_json(self) -> dict[str, str | int]:
+        return {"error": self.message, "code": self.status}
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def one_line(exc: BaseException) -> str:
@@ -16,8 +42,9 @@ def one_line(exc: BaseException) -> str:
     if not lines:
         return type(exc).__name__
     last = lines[-1]
-    prefix = f"{ConvserveError.__module__}.{ConvserveError.__name__}: "
-    return last.removeprefix(prefix) if len(lines) > 1 else last
+    for cls in (ConvserveError, InputError):
+        last = last.removeprefix(f"{cls.__module__}.{cls.__name__}: ") if len(lines) > 1 else last
+    return last
 
 
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:

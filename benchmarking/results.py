@@ -7,11 +7,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serving.bench.floors import Floors
-from serving.bench.loadgen import LoadResult
-from serving.bench.machine import MachineInfo
-from serving.bench.procfs import ProcessMemory
-from serving.bench.stats import LatencyStats
+from benchmarking.floors import Floors
+from benchmarking.machine import MachineInfo
+from benchmarking.procfs import ProcessMemory
+from serving.latency_stats import LatencyStats
+from serving.loadgen import LoadResult
 
 # v2: floors measured in the run (``floors``) instead of a fixed bandwidth; affinity and usable CPUs recorded
 RESULTS_SCHEMA = "convserve.benchmark/v2"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from serving.bench.comparisons import floor_multiples, model_memory_mb
-from serving.bench.floors import PRECISION
-from serving.bench.results import BenchmarkResults, Ratio
+from benchmarking.comparisons import floor_multiples, model_memory_mb
+from benchmarking.floors import PRECISION
+from benchmarking.results import BenchmarkResults, Ratio
 
 
 def _f(value: float | None, digits: int = 1) -> str:
@@ -195,7 +195,7 @@ def served_section(res: BenchmarkResults) -> list[str]:
     lines = [
         "## Through TorchServe (one server per row, run one at a time)",
         "",
-        "Latencies in ms, measured by the client (serving/bench/loadgen.py) on loopback. *cold start*: TorchServe "
+        "Latencies in ms, measured by the client (serving/loadgen.py) on loopback. *cold start*: TorchServe "
         "process start → READY worker → first prediction answered. Worker RSS from /proc/<pid>/status (VmRSS, "
         "VmHWM) of the worker processes under the java frontend, read after the loads; *anon*: RssAnon, the private "
         "part (VmRSS also counts the pages of shared libraries: torch alone maps ~500 MB into every worker). "

@@ -2,8 +2,8 @@
 exported) in-process, and through TorchServe (convserve's handler per artifact kind, with and without dynamic
 batching, and TorchServe's stock image_classifier for reference), on the same real JPEG photos.
 
-python serving/benchmark.py --torchvision alexnet --output-dir docs/benchmarks --work-dir /tmp/bench-alexnet
-python serving/benchmark.py --checkpoint runs/X/checkpoints/best.pt --output-dir bench-out --quick
+python benchmarking/benchmark.py --torchvision alexnet --output-dir docs/benchmarks --work-dir /tmp/bench-alexnet
+python benchmarking/benchmark.py --checkpoint runs/X/checkpoints/best.pt --output-dir bench-out --quick
 
 Writes OUTPUT_DIR/results.json, results.md (tables, ratios to eager, targets, machine, load average) and PNG
 charts. --quick: a few iterations and one batching setting, for tests and smoke checks (numbers meaningless).
@@ -16,11 +16,11 @@ import shlex
 import sys
 from pathlib import Path
 
+from benchmarking.results import Batching
+from benchmarking.served import STOCK
+from benchmarking.suite import STAGES, BenchmarkOptions, run_benchmark, write_results
+from common.errors import CliParser, run_cli
 from serving.backends import AUTO_ORDER
-from serving.bench.results import Batching
-from serving.bench.served import STOCK
-from serving.bench.suite import STAGES, BenchmarkOptions, run_benchmark, write_results
-from training.errors import CliParser, run_cli
 
 SERVED_KINDS = ("onnx", "torchscript", "eager", "onnx-int8", "onnx-fp16", STOCK)
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         latency_requests=args.latency_requests,
         workers=args.workers,
         stages=tuple(args.stages),
-        command=shlex.join(["python", "serving/benchmark.py", *(sys.argv[1:] if argv is None else argv)]),
+        command=shlex.join(["python", "benchmarking/benchmark.py", *(sys.argv[1:] if argv is None else argv)]),
     )
     results = run_benchmark(opts)
     for path in write_results(results, args.output_dir):

@@ -1,4 +1,6 @@
-"""Untrusted bytes → uint8 CHW tensor (1 or 3 channels) with Pillow, or an InputError naming the problem.
+"""The one image decoder: untrusted bytes → uint8 CHW tensor (1 or 3 channels) with Pillow, or an InputError
+naming the problem. Uploads to the server, training's image files, the parity check's images and a user's local
+photos all go through ``decode_image``, so a model sees the same pixels in training, in checks and in production.
 
 Policies (the README repeats them):
 - Formats: JPEG (and MPO, multi-picture JPEG from phones), PNG, WebP, BMP, GIF, TIFF; animated GIF/WebP and
@@ -19,12 +21,14 @@ from __future__ import annotations
 
 import io
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from serving.errors import InputError
+from common.errors import ConvserveError, InputError, first_line
+from common.files import read_image_bytes
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "DIB", "GIF", "TIFF"})
 SUPPORTED_NAMES = "JPEG, PNG, WebP, BMP, GIF, TIFF"
@@ -41,32 +45,57 @@ _MAGIC = (
 )
 
 
-def decode_image(data: bytes, channels: int = 3, max_pixels: int = 40_000_000) -> torch.Tensor:
-    """Decode one encoded image into a uint8 tensor of shape (channels, H, W); channels is 1 or 3."""
+MAX_PIXELS = 40_000_000  # the default of the preprocessing spec's ``max_pixels``
+
+
+def decode_image(
+    data: bytes, channels: int = 3, max_pixels: int = MAX_PIXELS, draft_side: int | None = None
+) -> torch.Tensor:
+    """Decode one encoded image into a uint8 tensor of shape (channels, H, W); channels is 1 or 3.
+
+    ``draft_side``: let a JPEG decode at a reduced scale that still leaves each side at least that long
+    (cheap sampling; changes pixels, so never on the path a model is evaluated or served on).
+    """
+    return torch.from_numpy(decode_array(data, channels, max_pixels, draft_side))
+
+
+def decode_array(
+    data: bytes, channels: int = 3, max_pixels: int = MAX_PIXELS, draft_side: int | None = None
+) -> np.ndarray:
+    """``decode_image`` as a writable, contiguous uint8 numpy array (channels, H, W)."""
     if not data:
         raise InputError("empty image: the request carried no image bytes")
-    img = _open(data, max_pixels)
+    img = _open(data, max_pixels, draft_side)
     try:
         img = _upright(img)
         array = _to_gray(img) if channels == 1 else _to_rgb(img)
     except InputError:
         raise
     except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError...) on hostile data
-        raise InputError(f"corrupt {img.format} image: {_first_line(exc)}") from None
+        raise InputError(f"corrupt {img.format} image: {first_line(exc)}") from None
     chw = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     # one numpy copy: writable (Pillow's arrays are read-only) and contiguous; torch's permute().contiguous()
     # is many times slower on a CPU shared with other work
-    return torch.from_numpy(np.array(chw, order="C", copy=True))
+    return np.array(chw, order="C", copy=True)
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
+def decode_file(path: Path | str, channels: int = 3, draft_side: int | None = None) -> torch.Tensor:
+    """``decode_image`` for a file on disk; problems are one line naming the file."""
+    data = read_image_bytes(path)
+    try:
+        return decode_image(data, channels, draft_side=draft_side)
+    except InputError as exc:
+        raise ConvserveError(f"cannot decode image {path}: {exc.message}") from None
+
+
+def _open(data: bytes, max_pixels: int, draft_side: int | None = None) -> Image.Image:
     """Identify the format and check the pixel count before decoding; then decode, refusing truncation."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below decides
             img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
-        raise InputError(f"image has too many pixels: {_first_line(exc)}", 413) from None
+        raise InputError(f"image has too many pixels: {first_line(exc)}", 413) from None
     except UnidentifiedImageError:
         claimed = sniff_format(data)
         if claimed:  # the magic bytes of a format we take, but Pillow cannot parse the header: damaged
@@ -74,7 +103,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         raise InputError(f"not an image in a supported format (supported: {SUPPORTED_NAMES})", 415) from None
     except Exception as exc:  # a recognised header with broken fields
         kind = f"{sniff_format(data)} image" if sniff_format(data) else "image"
-        raise InputError(f"corrupt {kind}: {_first_line(exc)}") from None
+        raise InputError(f"corrupt {kind}: {first_line(exc)}") from None
     if img.format not in SUPPORTED_FORMATS:
         raise InputError(f"unsupported image format {img.format} (supported: {SUPPORTED_NAMES})", 415)
     width, height = img.size
@@ -83,9 +112,11 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     if width * height > max_pixels:
         raise InputError(f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}", 413)
     try:
+        if draft_side is not None and img.format == "JPEG":
+            img.draft(None, (draft_side, draft_side))
         img.load()
     except Exception as exc:
-        raise InputError(f"corrupt or truncated {img.format} image: {_first_line(exc)}") from None
+        raise InputError(f"corrupt or truncated {img.format} image: {first_line(exc)}") from None
     return img
 
 
@@ -133,8 +164,3 @@ def _wide_gray_to_8bit(img: Image.Image) -> np.ndarray:
     """16-bit (or 32-bit integer holding 16-bit) grayscale → 8 bits by scaling the full 16-bit range."""
     values = np.asarray(img).astype(np.int64)
     return (np.clip(values, 0, 65535) / 257.0).round().astype(np.uint8)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -9,16 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import torch
-
-from training.analysis.images import decode_bytes
-from training.checkpoint import load_checkpoint
-from training.data.image_files import read_image_bytes
-from training.data.presets import EvalPreset
-from training.errors import ConvserveError
-from training.models import model_from_checkpoint
-
-ARTIFACT_CARD = "model_card.json"
+from common.errors import ConvserveError, InputError
+from common.files import read_image_bytes
+from export.artifact import CARD_FILE
+from serving.classifier import Classifier
 
 
 @dataclass
@@ -34,39 +28,19 @@ class Predictor(Protocol):
     def predict(self, data: bytes, name: str, topk: int) -> list[tuple[str, float]]: ...
 
 
-class CheckpointPredictor:
-    """The eager model of a checkpoint behind the checkpoint's own eval preprocessing."""
+class ClassifierPredictor:
+    """A checkpoint (eager backend) or an exported artifact folder, through serving's Classifier: the same
+    decode → preprocess → infer → top-k that TorchServe's handler runs."""
 
-    def __init__(self, path: Path):
-        ckpt = load_checkpoint(path)
-        self.model = model_from_checkpoint(ckpt)
-        self.preset = EvalPreset(ckpt.preprocessing)
-        self.channels = ckpt.preprocessing.channels
-        self.class_names = ckpt.class_names
+    def __init__(self, classifier: Classifier):
+        self.classifier = classifier
 
     def predict(self, data: bytes, name: str, topk: int) -> list[tuple[str, float]]:
-        batch = self.preset(decode_bytes(data, self.channels, name)).unsqueeze(0)
-        with torch.inference_mode():
-            probs = self.model(batch).float().softmax(1)[0]
-        values, indices = probs.topk(min(topk, len(self.class_names)))
-        return [(self.class_names[i], float(p)) for p, i in zip(values.tolist(), indices.tolist(), strict=True)]
-
-
-class ArtifactPredictor:
-    """An exported artifact folder, through serving's plain-Python Classifier (the code TorchServe runs)."""
-
-    def __init__(self, folder: Path, topk: int):
-        try:
-            from serving.classifier import Classifier
-        except ImportError as exc:
-            raise ConvserveError(f"artifact folders need serving/classifier.py, which is missing: {exc}") from None
-        self.classifier = Classifier.from_artifact(folder, top_k=topk)
-
-    def predict(self, data: bytes, name: str, topk: int) -> list[tuple[str, float]]:
+        self.classifier.k = max(1, min(topk, self.classifier.card.num_classes))
         try:
             (answer,) = self.classifier.predict([data])
-        except ConvserveError as exc:  # serving's InputError says what is wrong with the bytes, not which file
-            raise ConvserveError(f"cannot decode image {name}: {exc}") from None
+        except InputError as exc:  # says what is wrong with the bytes, not which file
+            raise ConvserveError(f"cannot decode image {name}: {exc.message}") from None
         return parse_answer(answer, name)[:topk]
 
 
@@ -143,12 +117,12 @@ def open_predictor(source: str | None, url: str | None = None, token: str | None
         raise ConvserveError("give a checkpoint or artifact folder, or --url")
     path = Path(source)
     if path.is_dir():
-        if (path / ARTIFACT_CARD).is_file():
-            return ArtifactPredictor(path, topk)
+        if (path / CARD_FILE).is_file():
+            return ClassifierPredictor(Classifier.from_artifact(path, top_k=topk))
         if (path / "checkpoints" / "best.pt").is_file():
-            return CheckpointPredictor(path / "checkpoints" / "best.pt")
-        raise ConvserveError(f"{path} is neither an artifact folder ({ARTIFACT_CARD}) nor a run folder")
-    return CheckpointPredictor(path)
+            return ClassifierPredictor(Classifier.from_checkpoint(path / "checkpoints" / "best.pt", top_k=topk))
+        raise ConvserveError(f"{path} is neither an artifact folder ({CARD_FILE}) nor a run folder")
+    return ClassifierPredictor(Classifier.from_checkpoint(path, top_k=topk))
 
 
 def predict_files(predictor: Predictor, images: list[Path], topk: int) -> list[Prediction]:

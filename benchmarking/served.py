@@ -12,14 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarking.procfs import cpu_by_role, torchserve_memory, torchserve_processes
+from benchmarking.results import Batching, LoadCpu, ServedResult, ServedSkip
+from benchmarking.stock import build_stock_archive, stock_unsupported
+from common.errors import ConvserveError, first_line
 from export.artifact import read_card
-from serving.bench.loadgen import LoadPlan, LoadResult, Payload, run_load_sync
-from serving.bench.procfs import cpu_by_role, torchserve_memory, torchserve_processes
-from serving.bench.results import Batching, LoadCpu, ServedResult, ServedSkip
-from serving.bench.stock import build_stock_archive, stock_unsupported
+from serving.loadgen import LoadPlan, LoadResult, Payload, run_load_sync
 from serving.model_archive import ArchiveSettings, build_archive
 from serving.torchserve_process import ServerSettings, TorchServeProcess, free_port
-from training.errors import ConvserveError
 
 STOCK = "stock"
 
@@ -150,7 +150,7 @@ def measure_served(plan: ServedPlan, say: Callable[[str], None] = print) -> tupl
                 result = serve_one(plan, kind, batching, archive)
             except ConvserveError as exc:  # ServerStartError included: the reason comes from the server's log
                 say(f"served {label}: skipped: {exc}")
-                skipped.append(ServedSkip(kind=kind, batching=batching, reason=str(exc).splitlines()[0]))
+                skipped.append(ServedSkip(kind=kind, batching=batching, reason=first_line(exc)))
                 continue
             say(f"served {label}: {_summary(result)}")
             results.append(result)

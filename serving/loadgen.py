@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 import aiohttp
 from pydantic import BaseModel, ConfigDict
 
-from serving.bench.stats import LatencyStats
-from training.errors import ConvserveError
+from common.errors import ConvserveError
+from serving.latency_stats import LatencyStats
 
 # serving/handler.py sets it on every answer (tests check the two names agree; importing the handler here would
 # pull torch into a load-test client)
