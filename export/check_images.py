@@ -1,26 +1,27 @@
-"""Real images for the parity check, preprocessed exactly as training's EvalPreset does.
+"""Real images for the parity check, turned into model input the way serving turns a request into it.
 
-- ``image_file_tensor``: an image file → normalised (3, S, S) float tensor from a checkpoint's Preprocessing
-  (Pillow decode with EXIF orientation, transparency on white, grayscale when the model was trained on it;
-  torchvision.io's decoders are deprecated since torchvision 0.29).
-- ``sample_photos``: scikit-image's bundled photos (colour and grayscale, various sizes), always available.
-- ``dataset_batch``: a held-out batch of the checkpoint's own dataset, when its files are on this machine.
+- ``image_file_tensor`` / ``sample_photos``: encoded bytes (the user's ``--check-images`` files; scikit-image's
+  bundled photos, colour and grayscale, various sizes, PNG-encoded) → common/images.py's decoder →
+  common/preprocessing.py's ``prepare_batch``: the handler's own decode and preprocessing.
+- ``held_out_batch``: a held-out batch of the checkpoint's own dataset, when its files are on this machine,
+  through the same preprocessing (the dataset's loader decodes with the same decoder).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from common.errors import ConvserveError, first_line
-from common.preprocessing import Preprocessing
+from common.errors import ConvserveError, InputError
+from common.files import read_image_bytes
+from common.images import decode_image
+from common.preprocessing import Preprocessing, prepare_batch
 from training.checkpoint import Checkpoint
-from training.data.presets import EvalPreset
 
 log = logging.getLogger(__name__)
 
@@ -28,48 +29,40 @@ log = logging.getLogger(__name__)
 SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins")
 
 
-def pil_to_tensor(img: Image.Image, channels: int) -> torch.Tensor:
-    """A decoded Pillow image → uint8 (channels, H, W); RGB for 3-channel models, L for grayscale ones."""
-    img = ImageOps.exif_transpose(img)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    array = np.array(img.convert("L" if channels == 1 else "RGB"))
-    tensor = torch.from_numpy(array)
-    return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
+def served_batch(encoded: list[bytes], pre: Preprocessing) -> torch.Tensor:
+    """Encoded images → the model's input batch, by the decode and preprocessing serving runs on a request."""
+    return prepare_batch([decode_image(data, pre.channels, pre.max_pixels) for data in encoded], pre)
 
 
 def image_file_tensor(path: Path, pre: Preprocessing) -> torch.Tensor:
-    """Decode ``path`` and preprocess it with EvalPreset(pre): the model's input for that file."""
+    """The model's input for an image file, as serving would compute it from the file's bytes."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            raw = pil_to_tensor(img, pre.channels)
-    except FileNotFoundError:
-        raise ConvserveError(f"check image {path} does not exist") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        reason = first_line(exc)
-        raise ConvserveError(f"check image {path} cannot be decoded: {reason}") from None
-    return EvalPreset(pre)(raw)
+        return served_batch([read_image_bytes(path)], pre)[0]
+    except InputError as exc:
+        raise ConvserveError(f"check image {path} cannot be decoded: {exc.message}") from None
 
 
-def sample_photos(pre: Preprocessing, names: tuple[str, ...] = SAMPLE_PHOTOS) -> torch.Tensor:
-    """scikit-image's sample photos, preprocessed → (N, 3, S, S)."""
+def sample_photo_bytes(names: tuple[str, ...] = SAMPLE_PHOTOS) -> list[bytes]:
+    """scikit-image's sample photos, PNG-encoded (lossless): what a client would send."""
     from skimage import data
 
-    preset = EvalPreset(pre)
     out = []
     for name in names:
         array = getattr(data, name)()
-        img = Image.fromarray(array[..., :3] if array.ndim == 3 else array)
-        out.append(preset(pil_to_tensor(img, pre.channels)))
-    return torch.stack(out)
+        buf = io.BytesIO()
+        Image.fromarray(array[..., :3] if array.ndim == 3 else array).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def sample_photos(pre: Preprocessing, names: tuple[str, ...] = SAMPLE_PHOTOS) -> torch.Tensor:
+    """scikit-image's sample photos, from their encoded bytes → (N, 3, S, S)."""
+    return served_batch(sample_photo_bytes(names), pre)
 
 
 def dataset_split(ckpt: Checkpoint, split: str):
     """The checkpoint's own ``split`` with its preprocessing; ConvserveError when it cannot be built here."""
-    from training.data.registry import build_eval_split
-    from training.evaluate import data_config_for
+    from training.data.registry import build_eval_split, data_config_for
 
     cfg, seed = data_config_for(ckpt, None, None)
     dataset, _ = build_eval_split(cfg, ckpt.arch, seed, split, ckpt.preprocessing)

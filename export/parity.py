@@ -1,20 +1,21 @@
 """Eager vs exported on the same real images: softmax differences, top-1 / top-5 agreement, test accuracy.
 
-A ``Runner`` is anything that maps a float32 (N, 3, S, S) batch to (N, classes) logits: the eager model, an
-ONNX Runtime session (CPU provider) or a loaded TorchScript file. Parity runs every image at batch size 1 and
-in batches of ``batch`` (the dynamic axis, as a server batches requests), and compares each to the eager
-model's probabilities.
+A ``Runner`` is anything that maps a float32 (N, 3, S, S) batch to (N, classes) logits: the eager model, or an
+exported file loaded by serving's own backend (export/runtimes.py: the same session options and threads).
+Parity runs every image at batch size 1 and in batches of ``batch`` (the dynamic axis, as a server batches
+requests), and compares each to the eager model's probabilities.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-import numpy as np
 import torch
 
 from export.artifact import ParityReport
+from export.runtimes import OnnxBackend, TorchScriptBackend
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
@@ -52,32 +53,11 @@ def eager_runner(model: torch.nn.Module) -> Runner:
     return run
 
 
-def onnx_runner(path) -> tuple[Runner, str]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-    first = session.get_inputs()[0]
-    dtype = np.float16 if first.type == "tensor(float16)" else np.float32
-
-    def run(batch: torch.Tensor) -> torch.Tensor:
-        out = session.run(None, {first.name: batch.numpy().astype(dtype, copy=False)})[0]
-        return torch.from_numpy(np.asarray(out, dtype=np.float32))
-
-    return run, f"onnxruntime {ort.__version__} CPUExecutionProvider"
-
-
-def torchscript_runner(path) -> tuple[Runner, str]:
-    from export.torchscript_export import load_torchscript
-
-    model = load_torchscript(path)
-
-    @torch.inference_mode()
-    def run(batch: torch.Tensor) -> torch.Tensor:
-        return model(batch).float()
-
-    return run, f"torch.jit {torch.__version__} cpu"
+def file_runner(fmt: str, path: Path) -> tuple[Runner, str]:
+    """The exported file as serving runs it: the same backend, session options and thread count
+    (export/runtimes.py), on the CPU. Returns the runner and its runtime settings, for the card."""
+    backend = TorchScriptBackend(path) if fmt == "torchscript" else OnnxBackend(path)
+    return backend, backend.runtime
 
 
 def run_batched(runner: Runner, images: torch.Tensor, batch: int) -> torch.Tensor:

@@ -39,10 +39,9 @@ from export.parity import (
     accuracy,
     compare,
     eager_runner,
+    file_runner,
     format_report,
-    onnx_runner,
     run_batched,
-    torchscript_runner,
 )
 from export.sources import ExportSource
 from export.torchscript_export import export_torchscript
@@ -148,7 +147,7 @@ class _Job:
         start = time.perf_counter()
         opset = self._write(fmt, tmp, batch)
         seconds = time.perf_counter() - start
-        runner, runtime = torchscript_runner(tmp) if fmt == "torchscript" else onnx_runner(tmp)
+        runner, runtime = file_runner(fmt, tmp)
         report = self._parity(fmt, runner, batch).model_copy(update={"runtime": runtime})
         acc = None
         if self.test_split is not None:

@@ -26,9 +26,3 @@ def export_torchscript(model: torch.nn.Module, input_size: int, path: Path) -> N
         traced = torch.jit.trace(model.eval(), example, check_trace=True, check_inputs=[(other,)])
         frozen = torch.jit.freeze(traced)
         torch.jit.save(frozen, str(path))
-
-
-def load_torchscript(path: Path, device: str = "cpu") -> torch.jit.ScriptModule:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        return torch.jit.load(str(path), map_location=device).eval()

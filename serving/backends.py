@@ -1,8 +1,6 @@
-"""Inference backends behind one small interface: float32 (N, 3, S, S) batch in, (N, classes) logits out.
+"""Which model file of an artifact serves, checked against its card, and the backend that runs it.
 
-- ``OnnxBackend``: ONNX Runtime; CUDA provider when a GPU is visible and asked for, else CPU. The input
-  name and dtype are read from the session (exporters name inputs differently; fp16 models take float16).
-- ``TorchScriptBackend``: ``torch.jit.load`` of model.ts.pt.
+- ONNX and TorchScript files run on export/runtimes.py's backends (the ones export's parity check measured).
 - ``EagerBackend``: model.pt (our checkpoint) rebuilt with training's builders; needs the ``training``
   package importable (the archive ships it when built with ``--backend eager``).
 """
@@ -10,91 +8,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
 
-import numpy as np
 import torch
 
-from common.errors import ConvserveError, first_line
+from common.errors import ConvserveError
 from common.files import sha256_file
-from common.host_memory import trim_heap
 from export.artifact import ModelCard, ModelFile
-from serving.cpu_share import default_threads
+from export.runtimes import Backend, OnnxBackend, TorchModuleBackend, TorchScriptBackend
+
+__all__ = ["AUTO_ORDER", "BACKENDS", "Backend", "EagerBackend", "load_backend", "pick_model_file", "share_cores"]
 
 # auto picks the first format the card lists, in this order
 AUTO_ORDER = ("onnx", "torchscript", "eager", "onnx-fp16", "onnx-int8")
 BACKENDS = ("auto", *AUTO_ORDER)
 
 
-class Backend(Protocol):
-    name: str
-    device: str
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
-
-
-class OnnxBackend:
-    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or default_threads()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Spinning pool threads burn the cores that decode, preprocessing and TorchServe's frontend need
-        # between calls: with spinning off (and one torch thread, share_cores) served int8 AlexNet p50 went
-        # from 20.0 to 12.0 ms and fp32 from 117 to 23 ms on 2 cores.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        # No CPU arena: it keeps the largest batch's activations for good (int8 AlexNet worker: -30 MB RSS) and
-        # measured no slower at batch 1 or 8.
-        options.enable_cpu_mem_arena = False
-        providers: list = ["CPUExecutionProvider"]
-        if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-            index = int(device.split(":")[1]) if ":" in device else 0
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
-            raise ConvserveError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from None
-        trim_heap()  # parsing the model file left its bytes as free heap: return them (-15 to -30 MB RSS)
-        first = self.session.get_inputs()[0]
-        self.input_name = first.name
-        self.input_dtype = np.float16 if first.type == "tensor(float16)" else np.float32
-        self.name = "onnx"
-        self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        feed = batch.detach().cpu().numpy().astype(self.input_dtype, copy=False)
-        (logits,) = self.session.run(None, {self.input_name: feed})[:1]
-        return torch.from_numpy(np.asarray(logits, dtype=np.float32))
-
-
-class _TorchBackend:
-    name = "torch"
-
-    def __init__(self, model: torch.nn.Module, device: str, threads: int | None):
-        torch.set_num_threads(threads or default_threads())
-        self.device = device
-        self.model = model.to(device).eval()
-
-    @torch.inference_mode()
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.model(batch.to(self.device)).float().cpu()
-
-
-class TorchScriptBackend(_TorchBackend):
-    name = "torchscript"
-
-    def __init__(self, path: Path, device: str = "cpu", threads: int | None = None):
-        try:
-            model = torch.jit.load(str(path), map_location=device)
-        except (RuntimeError, ValueError, OSError) as exc:
-            raise ConvserveError(f"cannot load TorchScript model {path}: {first_line(exc)}") from None
-        super().__init__(model, device, threads)
-
-
-class EagerBackend(_TorchBackend):
+class EagerBackend(TorchModuleBackend):
     name = "eager"
 
     def __init__(self, path: Path, device: str = "cpu", threads: int | None = None):

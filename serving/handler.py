@@ -19,9 +19,9 @@ from typing import Any
 import torch
 
 from common.errors import InputError
+from hardware.cpu_share import default_threads, default_workers
 from serving.backends import share_cores
 from serving.classifier import Classifier
-from serving.cpu_share import default_threads, default_workers
 from serving.payload import image_bytes
 
 log = logging.getLogger(__name__)

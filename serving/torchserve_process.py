@@ -30,7 +30,7 @@ from PIL import Image
 
 from common.errors import ConvserveError
 from common.files import write_text_atomic
-from serving.cpu_share import default_workers
+from hardware.cpu_share import default_workers
 
 BASE_CONFIG = Path(__file__).with_name("config.properties")
 WORKER_DIED = ("Backend worker process died", "Load model failed", "Failed to load model")

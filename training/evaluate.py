@@ -9,10 +9,10 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 
 from common.devices import choose_device
-from common.errors import CliParser, ConvserveError, first_line, run_cli
+from common.errors import CliParser, ConvserveError, run_cli
 from training.checkpoint import load_checkpoint
-from training.config import DATASETS, DataConfig
-from training.data.registry import build_eval_split
+from training.config import DATASETS
+from training.data.registry import build_eval_split, data_config_for
 from training.engine.evaluate import evaluate
 from training.models import model_from_checkpoint
 
@@ -28,21 +28,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--json", action="store_true", help="print machine-readable results only")
     return p
-
-
-def data_config_for(ckpt, dataset: str | None, data_dir: Path | None) -> tuple[DataConfig, int]:
-    """The checkpoint's own data settings (and seed, which fixes the split), with explicit flags winning."""
-    saved = dict(ckpt.config.get("data") or {"name": ckpt.dataset})
-    if dataset is not None and dataset != saved.get("name"):
-        saved = {"name": dataset}
-    if data_dir is not None:
-        saved["data_dir"] = str(data_dir)
-    saved["download"] = False
-    seed = int((ckpt.config.get("run") or {}).get("seed", 0))
-    try:
-        return DataConfig.model_validate(saved), seed
-    except ValueError as exc:
-        raise ConvserveError(f"checkpoint data settings are invalid: {first_line(exc)}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

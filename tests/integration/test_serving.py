@@ -267,7 +267,7 @@ def test_management_and_metrics(server, client):
 def test_workers_follow_the_serving_machines_cpus_when_the_archive_names_none(store, tmp_path, monkeypatch):
     """An archive without minWorkers/maxWorkers: TorchServe starts as many workers as serve.py derives from the
     usable CPUs (here a 16-CPU machine, faked: 2 workers of 8 threads)."""
-    import serving.cpu_share as cpu_share
+    import hardware.cpu_share as cpu_share
 
     monkeypatch.setattr(cpu_share, "usable_cpus", lambda: 16)
     with TorchServeProcess(settings_for(store, tmp_path / "run", {"digits": "digits.mar"})) as srv:

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-import serving.cpu_share as cpu_share
+import hardware.cpu_share as cpu_share
 from benchmarking.machine import describe_machine
 from hardware.cpus import usable_cpus
 from serving.handler import ConvserveHandler
@@ -87,4 +87,4 @@ def test_machine_info_reports_the_usable_count_of_hardware():
 def test_the_archive_ships_hardware_because_the_handler_reaches_it():
     assert "hardware" in OUR_PACKAGES
     shipped = {str(p.relative_to(REPO)) for p in module_closure(HANDLER)}
-    assert {"hardware/__init__.py", "hardware/cpus.py", "serving/backends.py", "serving/cpu_share.py"} <= shipped
+    assert {"hardware/__init__.py", "hardware/cpus.py", "serving/backends.py", "hardware/cpu_share.py"} <= shipped

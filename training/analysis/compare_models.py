@@ -13,9 +13,8 @@ from common.devices import choose_device
 from common.errors import ConvserveError
 from training.checkpoint import Checkpoint, load_checkpoint
 from training.config import DataConfig
-from training.data.registry import build_eval_split
+from training.data.registry import build_eval_split, data_config_for
 from training.engine.evaluate import EvalResult, evaluate
-from training.evaluate import data_config_for
 from training.models import model_from_checkpoint
 
 

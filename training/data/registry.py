@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Subset
 
-from common.errors import ConvserveError
+from common.errors import ConvserveError, first_line
 from common.preprocessing import Preprocessing
 from training.config import DataConfig
 from training.data.facts import FACTS, MEASURED, DatasetFacts, describe, measure_facts
@@ -127,3 +127,18 @@ def build_eval_split(
     if base is None:
         raise ConvserveError(f"dataset {cfg.name} has no {split} split")
     return Transformed(_limited(base, cfg.limit_per_class), EvalPreset(pre)), raw.class_names
+
+
+def data_config_for(ckpt, dataset: str | None, data_dir: Path | None) -> tuple[DataConfig, int]:
+    """The checkpoint's own data settings (and seed, which fixes the split), with explicit flags winning."""
+    saved = dict(ckpt.config.get("data") or {"name": ckpt.dataset})
+    if dataset is not None and dataset != saved.get("name"):
+        saved = {"name": dataset}
+    if data_dir is not None:
+        saved["data_dir"] = str(data_dir)
+    saved["download"] = False
+    seed = int((ckpt.config.get("run") or {}).get("seed", 0))
+    try:
+        return DataConfig.model_validate(saved), seed
+    except ValueError as exc:
+        raise ConvserveError(f"checkpoint data settings are invalid: {first_line(exc)}") from None

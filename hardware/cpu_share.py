@@ -1,5 +1,5 @@
-"""How serving shares the CPUs it may use (``hardware.cpus.usable_cpus``) between TorchServe workers and their
-intra-op threads. No torch here: serve.py sizes TorchServe's worker pool before any model is loaded."""
+"""How serving processes share the CPUs they may use (``hardware.cpus.usable_cpus``) between TorchServe workers and
+their intra-op threads. No torch here: serve.py sizes TorchServe's worker pool before any model is loaded."""
 
 from __future__ import annotations
 
