@@ -17,8 +17,9 @@ from benchmarking.results import Batching, LoadCpu, ServedResult, ServedSkip
 from benchmarking.stock import build_stock_archive, stock_unsupported
 from common.errors import ConvserveError, first_line
 from export.artifact import read_card
+from serving.archive_settings import ArchiveSettings, HandlerSettings
 from serving.loadgen import LoadPlan, LoadResult, Payload, run_load_sync
-from serving.model_archive import ArchiveSettings, build_archive
+from serving.model_archive import build_archive
 from serving.torchserve_process import ServerSettings, TorchServeProcess, free_port
 
 STOCK = "stock"
@@ -58,7 +59,7 @@ def build(plan: ServedPlan, kind: str, batching: Batching, store: Path) -> Path:
         max_batch_delay_ms=batching.max_batch_delay_ms,
         min_workers=plan.workers,
         max_workers=plan.workers,
-        threads=plan.threads,
+        handler=HandlerSettings(threads=plan.threads),
     )
     return build_archive(plan.artifact, name, store, backend=kind, force=True, settings=settings)
 

@@ -5,8 +5,8 @@ error ``{"error": ..., "code": ...}`` while the good ones in the same batch are 
 Good answers: ``{label: probability}``, top-5 by softmax probability, descending. Every answer carries the
 header X-Convserve-Batch-Size: how many requests were in its batch.
 
-Settings come from the archive's model-config.yaml, section ``handler``: ``artifact`` (folder inside the
-model directory), ``backend`` (auto|onnx|torchscript|eager|...), ``threads`` (intra-op threads), ``top_k``.
+Settings come from the archive's model-config.yaml, section ``handler`` (``HandlerSettings`` in
+serving/archive_settings.py: the model the archive builder writes it from).
 TorchServe loads the one class of this module, so it holds exactly one class.
 """
 
@@ -20,6 +20,7 @@ import torch
 
 from common.errors import InputError
 from hardware.cpu_share import default_threads, default_workers
+from serving.archive_settings import HandlerSettings
 from serving.backends import share_cores
 from serving.classifier import Classifier
 from serving.payload import image_bytes
@@ -36,19 +37,18 @@ class ConvserveHandler:
     def initialize(self, context: Any) -> None:
         props = context.system_properties
         model_config = getattr(context, "model_yaml_config", None) or {}
-        settings = model_config.get("handler") or {}
+        settings = HandlerSettings.model_validate(model_config.get("handler") or {})
         # workers of one model share the machine: split its CPUs between them unless told otherwise
         workers = int(model_config.get("maxWorkers") or default_workers())  # none named: as serve.py chose
-        threads = settings.get("threads") or default_threads(workers=workers)
+        threads = settings.threads or default_threads(workers=workers)
         gpu = props.get("gpu_id")
         device = f"cuda:{gpu}" if gpu is not None and torch.cuda.is_available() else "cpu"
-        folder = Path(props["model_dir"]) / settings.get("artifact", "artifact")
         self.classifier = Classifier.from_artifact(
-            folder,
-            backend=settings.get("backend", "auto"),
+            Path(props["model_dir"]) / settings.artifact,
+            backend=settings.backend,
             device=device,
             threads=threads,
-            top_k=int(settings.get("top_k", 5)),
+            top_k=settings.top_k,
         )
         backend = self.classifier.backend
         share_cores(backend)

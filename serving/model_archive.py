@@ -2,9 +2,9 @@
 
 Inside the archive (unpacked into the worker's model directory, which TorchServe puts on PYTHONPATH):
     handler.py              serving/handler.py
-    serving/ export/ training/ hardware/   the repo modules the handler imports, found by following its
-                            imports, so the worker never needs this repository (the eager backend's
-                            training.models and the usable-CPU count from hardware.cpus included)
+    serving/ export/ common/ hardware/   the repo modules the handler imports, found by following its
+                            imports, so the worker never needs this repository; training/ only in archives
+                            of the eager backend, which rebuilds the model with training's builders
     artifact/               model_card.json, index_to_name.json and the ONE model file the backend loads
     model-config.yaml       batching, workers, timeouts, and the handler's settings (section ``handler``)
 """
@@ -17,47 +17,19 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from common.errors import ConvserveError
 from export.artifact import CARD_FILE, INDEX_FILE, read_card
+from serving.archive_settings import ArchiveSettings
 from serving.backends import pick_model_file, verify_model_file
 
 REPO = Path(__file__).resolve().parents[1]
 HANDLER = REPO / "serving" / "handler.py"
-OUR_PACKAGES = ("serving", "export", "training", "hardware")
+OUR_PACKAGES = ("serving", "export", "training", "hardware", "common")
 ARCHIVE_FORMATS = ("zip-store", "default", "no-archive")
-
-
-@dataclass
-class ArchiveSettings:
-    batch_size: int = 4
-    max_batch_delay_ms: int = 50
-    # None: not written into the archive, so TorchServe starts default_workers_per_model, which serve.py
-    # derives from the CPUs of the machine that serves (not of the one that built the archive)
-    min_workers: int | None = None
-    max_workers: int | None = None
-    response_timeout_s: int = 60
-    startup_timeout_s: int = 180
-    threads: int | None = None  # intra-op threads per worker; None: the worker's CPUs / max_workers
-    top_k: int = 5
-
-    def model_config(self, backend: str) -> dict:
-        handler = {"artifact": "artifact", "backend": backend, "top_k": self.top_k}
-        if self.threads:
-            handler["threads"] = self.threads
-        workers = {"minWorkers": self.min_workers, "maxWorkers": self.max_workers}
-        return {
-            **{key: value for key, value in workers.items() if value is not None},
-            "batchSize": self.batch_size,
-            "maxBatchDelay": self.max_batch_delay_ms,
-            "responseTimeout": self.response_timeout_s,
-            "startupTimeout": self.startup_timeout_s,
-            "handler": handler,
-        }
 
 
 def _module_file(name: str) -> Path | None:
@@ -82,14 +54,17 @@ def _imported_names(path: Path) -> set[str]:
     return names
 
 
-def module_closure(entry: Path) -> list[Path]:
-    """Every file of our packages that ``entry`` imports, directly or not, with the packages' __init__.py."""
+def module_closure(entry: Path, skip: tuple[str, ...] = ()) -> list[Path]:
+    """Every file of our packages that ``entry`` imports, directly or not, with the packages' __init__.py;
+    imports of the packages in ``skip`` are not followed."""
     seen: set[Path] = set()
     todo = [entry]
     while todo:
         path = todo.pop()
         for name in _imported_names(path):
             parts = name.split(".")
+            if parts[0] in skip:
+                continue
             for depth in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ too
                 found = _module_file(".".join(parts[:depth]))
                 if found is not None and found not in seen and found != entry:
@@ -110,7 +85,8 @@ def _stage(artifact_dir: Path, stage: Path, backend: str) -> str:
             raise ConvserveError(f"{artifact_dir / name} is missing")
         (target / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(artifact_dir / name, target / name)
-    for source in module_closure(HANDLER):
+    # training is what the eager backend rebuilds a model with: only its archives carry it
+    for source in module_closure(HANDLER, skip=() if model_file.format == "eager" else ("training",)):
         dest = stage / source.relative_to(REPO)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, dest)

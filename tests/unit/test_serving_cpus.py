@@ -15,7 +15,7 @@ from hardware.cpus import usable_cpus
 from serving.handler import ConvserveHandler
 from serving.model_archive import HANDLER, OUR_PACKAGES, REPO, module_closure
 
-SERVING = Path(cpu_share.__file__).resolve().parent
+ROOT = Path(cpu_share.__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(
@@ -35,7 +35,7 @@ def test_default_workers_use_every_usable_cpu_at_most_max_threads_each(monkeypat
 
 def test_archives_name_no_worker_count_unless_asked_and_the_server_fills_it_in(monkeypatch):
     """The serving machine's CPUs decide, not those of the machine that built the archive."""
-    from serving.model_archive import ArchiveSettings
+    from serving.archive_settings import ArchiveSettings
     from serving.torchserve_process import ServerSettings, render_config
 
     assert "minWorkers" not in ArchiveSettings().model_config("onnx")
@@ -71,8 +71,8 @@ def test_the_handler_splits_the_usable_cpus_between_its_workers(monkeypatch, tmp
 
 
 def test_serving_counts_cpus_only_through_hardware():
-    """No second implementation: nothing in serving/ reads the affinity or the CPU count to size a pool."""
-    for path in SERVING.rglob("*.py"):
+    """No second implementation: only hardware/cpus.py reads the affinity or the CPU count to size a pool."""
+    for path in (p for pkg in ("common", "serving", "export", "benchmarking") for p in (ROOT / pkg).rglob("*.py")):
         text = path.read_text()
         assert "sched_getaffinity" not in text, path
         if path.name != "machine.py":  # reports os.cpu_count() as 'logical CPUs', next to the usable count
