@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 REASONS = {400: "Bad Request", 413: "Payload Too Large", 415: "Unsupported Media Type"}
 
@@ -34,6 +34,18 @@ def first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's message, or its type's name when it has none."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def validation_message(exc: Any, what: str = "value") -> str:
+    """A pydantic ValidationError as one line naming every bad field: ``optim.lr: Input should be greater
+    than 0 (got -1.0); ...``; ``what`` names a failure at the top level."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or what
+        got = err.get("input")
+        shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+        parts.append(f"{where}: {err['msg']}{shown}")
+    return "; ".join(parts)
 
 
 def one_line(exc: BaseException) -> str:

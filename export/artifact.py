@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from common.errors import ConvserveError
+from common.errors import ConvserveError, validation_message
 from common.files import sha256_file, write_text_atomic
 from common.preprocessing import Preprocessing
 
@@ -143,9 +143,7 @@ def read_card(folder: Path) -> ModelCard:
     except OSError as exc:
         raise ConvserveError(f"{folder} is not an artifact folder: cannot read {CARD_FILE} ({exc.strerror})") from None
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConvserveError(f"{path} is invalid: {where}: {first['msg']}") from None
+        raise ConvserveError(f"{path} is invalid: {validation_message(exc, 'card')}") from None
 
 
 def read_index_to_name(folder: Path) -> list[str]:

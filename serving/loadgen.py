@@ -25,6 +25,7 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict
 
 from common.errors import ConvserveError
+from common.files import read_image_bytes
 from serving.latency_stats import LatencyStats
 
 # serving/handler.py sets it on every answer (tests check the two names agree; importing the handler here would
@@ -46,14 +47,8 @@ def read_payloads(paths: list[Path]) -> list[Payload]:
         raise ConvserveError("no images given: pass one or more image files with --images")
     out = []
     for path in paths:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise ConvserveError(f"cannot read image {path}: {exc.strerror}") from None
-        if not data:
-            raise ConvserveError(f"image {path} is empty")
         kind = mimetypes.guess_type(str(path))[0] or "application/octet-stream"
-        out.append(Payload(Path(path).name, data, kind))
+        out.append(Payload(Path(path).name, read_image_bytes(path), kind))
     return out
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from common.errors import ConvserveError, first_line
+from common.errors import ConvserveError, first_line, validation_message
 from common.files import atomic_file, atomic_path
 from common.preprocessing import Preprocessing
 from common.versions import library_versions
@@ -120,9 +120,7 @@ def _preprocessing(path: Path, facts: Any) -> Preprocessing:
     try:
         return Preprocessing.model_validate(facts)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConvserveError(f"checkpoint {path} has invalid preprocessing facts: {where}: {first['msg']}") from None
+        raise ConvserveError(f"checkpoint {path} has invalid preprocessing facts: {validation_message(exc)}") from None
 
 
 def load_checkpoint(path: Path | str, expected_arch: str | None = None, with_train_state: bool = False) -> Checkpoint:
