@@ -168,7 +168,7 @@ def test_locustfile_runs_headless(server, images, tmp_path):
     locust = Path(sys.executable).with_name("locust")
     env = dict(os.environ, CONVSERVE_IMAGES=os.pathsep.join(map(str, images)), CONVSERVE_MODEL="ok")
     cmd = [str(locust), "-f", str(REPO / "serving" / "locustfile.py"), "--headless", "-u", "2", "-r", "2"]
-    cmd += ["-t", "2s", "--host", f"http://127.0.0.1:{server.port}", "--csv", str(tmp_path / "run"), "--only-summary"]
+    cmd += ["-t", "6s", "--host", f"http://127.0.0.1:{server.port}", "--csv", str(tmp_path / "run"), "--only-summary"]
     before = server.counts.get("ok", 0)
     done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
