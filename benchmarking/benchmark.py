@@ -5,6 +5,10 @@ batching, and TorchServe's stock image_classifier for reference), on the same re
 python benchmarking/benchmark.py --torchvision alexnet --output-dir docs/benchmarks --work-dir /tmp/bench-alexnet
 python benchmarking/benchmark.py --checkpoint runs/X/checkpoints/best.pt --output-dir bench-out --quick
 
+--torchvision needs torchvision's trained weights (downloaded, or placed in $TORCH_HOME/hub/checkpoints);
+--random-weights measures a seeded untrained model instead (timings do not depend on the weights' values), and
+every table of such a run says so in its first line.
+
 Writes OUTPUT_DIR/results.json, results.md (tables, ratios to eager, targets, machine, load average) and PNG
 charts. --quick: a few iterations and one batching setting, for tests and smoke checks (numbers meaningless).
 """
@@ -42,6 +46,12 @@ def build_parser() -> CliParser:
     src.add_argument("--checkpoint", type=Path, help="a convserve checkpoint, exported here first")
     src.add_argument("--torchvision", choices=("alexnet", "resnet18", "resnet34"), help="torchvision's model, 224 px")
     src.add_argument("--artifact", type=Path, help="an existing artifact folder (no export)")
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="with --torchvision: a seeded UNTRAINED model instead of torchvision's weights (no download); every "
+        "table says so",
+    )
     p.add_argument("--output-dir", type=Path, default=Path("bench-results"), help="results.json, results.md, PNGs")
     p.add_argument("--work-dir", type=Path, help="keep exports, archives and server logs here (default: temporary)")
     p.add_argument("--quick", action="store_true", help="a small, fast run (few iterations)")
@@ -77,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         output_dir=args.output_dir,
         checkpoint=args.checkpoint,
         torchvision=args.torchvision,
+        random_weights=args.random_weights,
         artifact=args.artifact,
         work_dir=args.work_dir,
         quick=args.quick,

@@ -56,6 +56,7 @@ class BenchmarkOptions:
     output_dir: Path
     checkpoint: Path | None = None
     torchvision: str | None = None
+    random_weights: bool = False  # with torchvision: a seeded untrained model (--random-weights), said in every table
     artifact: Path | None = None  # an existing artifact folder: no export
     work_dir: Path | None = None  # kept when given (exports reused by a later run); else a temporary folder
     quick: bool = False
@@ -124,7 +125,10 @@ def export_artifact(
     from export.pipeline import ExportRequest, run_export
     from export.sources import checkpoint_source, torchvision_source
 
-    source = torchvision_source(opts.torchvision) if opts.torchvision else checkpoint_source(opts.checkpoint)
+    if opts.torchvision:
+        source = torchvision_source(opts.torchvision, random_weights=opts.random_weights)
+    else:
+        source = checkpoint_source(opts.checkpoint)
     folder = work / source.name
     try:
         existing = read_card(folder)
@@ -232,6 +236,8 @@ def check_output_dir(opts: BenchmarkOptions) -> None:
         raise ConvserveError(f"{existing[0]} exists; pass --force to overwrite the results in {opts.output_dir}")
     if (opts.checkpoint is None) + (opts.torchvision is None) + (opts.artifact is None) != 2:
         raise ConvserveError("give exactly one of --checkpoint, --torchvision or --artifact")
+    if opts.random_weights and opts.torchvision is None:
+        raise ConvserveError("--random-weights goes with --torchvision (a checkpoint or an artifact has its weights)")
     if opts.checkpoint is not None and not Path(opts.checkpoint).is_file():
         raise ConvserveError(f"checkpoint {opts.checkpoint} does not exist")
     unknown = [s for s in opts.stages if s not in STAGES]

@@ -42,18 +42,25 @@ def machine_section(res: BenchmarkResults) -> list[str]:
     ]
 
 
+def title_line(res: BenchmarkResults) -> str:
+    """The first line of results.md: a table of an untrained model says so before any figure is read."""
+    mdl = res.model
+    title = f"# Benchmark: {mdl.name} ({mdl.arch}, {mdl.input_size} px, {mdl.num_classes} classes)"
+    if mdl.random_weights:
+        title += " — RANDOM WEIGHTS (not trained: predictions meaningless; timings do not depend on weight values)"
+    return title
+
+
 def header_section(res: BenchmarkResults) -> list[str]:
     mdl, s = res.model, res.settings
     images = ", ".join(f"{i.name} ({i.width}x{i.height}, {i.bytes // 1024} kB)" for i in res.images)
     lines = [
-        f"# Benchmark: {mdl.name} ({mdl.arch}, {mdl.input_size} px, {mdl.num_classes} classes)",
+        title_line(res),
         "",
         f"- Run {res.created_at}, {res.wall_s / 60:.1f} min{' (QUICK mode: few iterations)' if s.quick else ''}",
         f"- Command: `{res.command}`",
         f"- Model: {mdl.source}; {mdl.parameters / 1e6:.1f} M parameters, {mdl.fp32_weights_mb:.0f} MB fp32"
-        + (
-            " — RANDOM WEIGHTS (no download here; timings do not depend on weight values)" if mdl.random_weights else ""
-        ),
+        + (" — random weights, not trained" if mdl.random_weights else ""),
         f"- Images: {images} (JPEG, cycled)",
         f"- In-process: {s.iterations} iterations at batch 1 after {s.warmup} warm-up, batches {s.batch_sizes}; "
         f"device {s.device}",

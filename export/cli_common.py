@@ -1,8 +1,9 @@
 """What both exporter CLIs share: the source arguments, logging, and the exit codes.
 
 Exit codes: 0 exported; 2 bad input (one ``error: ...`` line: not a checkpoint, a pickled checkpoint, an
-unwritable or foreign output folder, an unreadable check image); 1 the export itself failed (parity check
-or an exporter limitation), also one ``error: ...`` line, and nothing was written.
+unwritable or foreign output folder, an unreadable check image, torchvision weights that cannot be loaded and
+no --random-weights); 1 the export itself failed (parity check or an exporter limitation), also one
+``error: ...`` line, and nothing was written.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ def build_parser(description: str) -> CliParser:
     p.add_argument("--torchvision", choices=TORCHVISION_ARCHS, help="export torchvision's ImageNet model instead")
     p.add_argument("--weights", default="IMAGENET1K_V1", help="torchvision weight set (with --torchvision)")
     p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="with --torchvision: a seeded UNTRAINED model instead of the weights (no download; for timings only)",
+    )
+    p.add_argument(
         "--output-dir", type=Path, help="artifact folder (default: artifacts/<run folder name> in the current folder)"
     )
     p.add_argument("--check-images", nargs="+", type=Path, default=[], metavar="IMG", help="extra parity images")
@@ -38,9 +44,11 @@ def build_parser(description: str) -> CliParser:
 def open_source(parser: CliParser, args: argparse.Namespace) -> ExportSource:
     if (args.checkpoint is None) == (args.torchvision is None):
         parser.error("give either a CHECKPOINT or --torchvision ARCH")
+    if args.random_weights and not args.torchvision:
+        parser.error("--random-weights goes with --torchvision (a checkpoint has its own weights)")
     configure_logging()
     if args.torchvision:
-        return torchvision_source(args.torchvision, args.weights)
+        return torchvision_source(args.torchvision, args.weights, random_weights=args.random_weights)
     return checkpoint_source(args.checkpoint)
 
 

@@ -43,7 +43,7 @@ from export.parity import (
     format_report,
     run_batched,
 )
-from export.sources import ExportSource
+from export.sources import RANDOM_WEIGHTS, ExportSource, random_weights_note
 from export.torchscript_export import export_torchscript
 from training.checkpoint import save_checkpoint
 from training.models import model_from_checkpoint
@@ -223,13 +223,10 @@ class _Job:
 
     def card(self, entries: list[ModelFile]) -> ModelCard:
         ckpt, source = self.source.ckpt, self.source
-        notes = list(self.claim.card.notes) if self.claim.card else []
+        # an earlier export's random-weights note went with its weights; an untrained model's note comes first
+        notes = [n for n in (self.claim.card.notes if self.claim.card else []) if not n.startswith(RANDOM_WEIGHTS)]
         if source.card.random_weights:
-            warning = (
-                f"RANDOM WEIGHTS: torchvision's {source.card.torchvision_weights} weights could not be loaded; "
-                "this model's predictions are meaningless"
-            )
-            notes = [n for n in notes if n != warning] + [warning]
+            notes.insert(0, random_weights_note(source.card))
         fields = dict(
             name=self.claim.folder.resolve().name,
             arch=ckpt.arch,

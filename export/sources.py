@@ -13,16 +13,20 @@ from pathlib import Path
 
 import torch
 
-from common.errors import ConvserveError, first_line
+from common.errors import ConvserveError
 from common.files import sha256_file
 from common.preprocessing import Preprocessing
 from export.artifact import SourceCard
 from training.checkpoint import Checkpoint, load_checkpoint
+from training.models.builders import load_pretrained
 
 log = logging.getLogger(__name__)
 
 TORCHVISION_ARCHS = ("alexnet", "resnet18", "resnet34")
 RANDOM_SEED = 0  # random weights are seeded, so to_onnx and to_torchscript export the same model
+RANDOM_WEIGHTS = "RANDOM WEIGHTS"  # how every note about an untrained model starts (cards, benchmark tables)
+# what the error for weights that cannot be loaded offers instead of placing the file
+RANDOM_INSTEAD = "pass --random-weights to export a seeded untrained model (for timings only)"
 
 
 @dataclass
@@ -72,8 +76,13 @@ def checkpoint_source(path: Path) -> ExportSource:
     return ExportSource(ckpt=ckpt, name=default_name(path), card=card)
 
 
-def torchvision_source(arch: str, weights_name: str = "IMAGENET1K_V1") -> ExportSource:
-    """torchvision's ImageNet model; without its weights file (no internet) a seeded random model, said loudly."""
+def torchvision_source(arch: str, weights_name: str = "IMAGENET1K_V1", random_weights: bool = False) -> ExportSource:
+    """torchvision's ImageNet model with its trained weights; weights it cannot load are a one-line error.
+
+    ``random_weights`` (--random-weights): a seeded, untrained model instead, with the weight set's classes and
+    preprocessing, and nothing downloaded; for measurements that do not depend on the weights' values (timings,
+    sizes). The card says so first thing (``random_weights_note``).
+    """
     import torchvision
 
     if arch not in TORCHVISION_ARCHS:
@@ -83,7 +92,7 @@ def torchvision_source(arch: str, weights_name: str = "IMAGENET1K_V1") -> Export
     except KeyError:
         known = ", ".join(w.name for w in torchvision.models.get_model_weights(arch))
         raise ConvserveError(f"--weights {weights_name!r} is not a {arch} weight set ({known})") from None
-    model, random_weights, reason = _load_weights(arch, weights)
+    model = _random_model(arch, weights) if random_weights else load_pretrained(arch, weights, RANDOM_INSTEAD)
     categories = list(weights.meta["categories"])
     transforms = weights.transforms()
     pre = Preprocessing(
@@ -105,8 +114,8 @@ def torchvision_source(arch: str, weights_name: str = "IMAGENET1K_V1") -> Export
         preprocessing=pre,
         activation="relu",
         model_options=options,
-        model_state=model.state_dict(),
-        metrics={} if random_weights else metrics,
+        model_state=model.eval().state_dict(),
+        metrics={} if random_weights else metrics,  # torchvision's accuracy is its trained weights', not these
         dataset="imagenet",
     )
     card = SourceCard(
@@ -118,28 +127,25 @@ def torchvision_source(arch: str, weights_name: str = "IMAGENET1K_V1") -> Export
     )
     name = f"{arch}-imagenet" + ("-random" if random_weights else "")
     if random_weights:
-        log.warning(
-            "RANDOM WEIGHTS: torchvision's %s weights could not be loaded (%s); exporting a seeded random %s "
-            "whose predictions are meaningless (the card says source.random_weights = true)",
-            weights.name,
-            reason,
-            arch,
-        )
+        log.warning("%s", random_weights_note(card))
     return ExportSource(ckpt=ckpt, name=name, card=card)
+
+
+def random_weights_note(card: SourceCard) -> str:
+    """The line that leads the notes of a model card (and the benchmark tables) of an untrained model."""
+    return (
+        f"{RANDOM_WEIGHTS} (--random-weights): seeded random, not trained; torchvision's {card.torchvision_weights} "
+        "weights were not used, so predictions are meaningless (timings and sizes are not)"
+    )
 
 
 def _imagenet_metrics(weights) -> dict[str, float]:
     return dict(weights.meta.get("_metrics", {}).get("ImageNet-1K", {}))
 
 
-def _load_weights(arch: str, weights) -> tuple[torch.nn.Module, bool, str]:
+def _random_model(arch: str, weights) -> torch.nn.Module:
     import torchvision
 
-    try:
-        return torchvision.models.get_model(arch, weights=weights).eval(), False, ""
-    except (OSError, RuntimeError) as exc:  # URLError is an OSError; a damaged file a RuntimeError
-        reason = first_line(exc)
     with torch.random.fork_rng():
         torch.manual_seed(RANDOM_SEED)
-        model = torchvision.models.get_model(arch, weights=None, num_classes=len(weights.meta["categories"]))
-    return model.eval(), True, reason
+        return torchvision.models.get_model(arch, weights=None, num_classes=len(weights.meta["categories"]))

@@ -1,5 +1,6 @@
 """Export to ONNX: ``python export/to_onnx.py CKPT [--output-dir DIR] [--opset N] [--batch dynamic|N]
-[--check-images IMG...] [--force] [--quantize int8] [--fp16] [--legacy]``, or ``--torchvision ARCH`` for CKPT.
+[--check-images IMG...] [--force] [--quantize int8] [--fp16] [--legacy]``, or ``--torchvision ARCH
+[--random-weights]`` for CKPT.
 
 Writes model.onnx (+ model.int8.onnx, model.fp16.onnx), model.pt (eager weights), model_card.json and
 index_to_name.json into the artifact folder, after checking each file against the eager model with ONNX

@@ -1,5 +1,5 @@
 """Export to TorchScript: ``python export/to_torchscript.py CKPT [--output-dir DIR] [--check-images IMG...]
-[--force]``, or ``--torchvision ARCH`` for CKPT.
+[--force]``, or ``--torchvision ARCH [--random-weights]`` for CKPT.
 
 Writes model.ts.pt (traced, frozen), model.pt (eager weights), model_card.json and index_to_name.json into
 the artifact folder (the same folder format as to_onnx; both can write into one folder), after checking

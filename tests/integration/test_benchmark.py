@@ -5,6 +5,7 @@ only that the run completes and its outputs are complete and consistent with eac
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from PIL import Image
 from benchmarking.charts import CHART_FILES
 from benchmarking.results import BASELINE, BenchmarkResults
 from benchmarking.stock import model_source, stock_unsupported
+from common.errors import ConvserveError
 from common.preprocessing import Preprocessing
 from export.artifact import read_card
 from serving.latency_stats import LatencyStats
@@ -27,9 +29,10 @@ REPO = Path(__file__).resolve().parents[2]
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(REPO / "benchmarking" / "benchmark.py"), *args]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=1500)
+    environment = {**os.environ, **(env or {})}
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=1500, env=environment)
 
 
 def all_stats(res: BenchmarkResults) -> list[LatencyStats]:
@@ -195,3 +198,51 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and "does not exist" in done.stderr
     done = run_cli("--torchvision", "alexnet", "--server-batching", "x", cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.startswith("error:")
+    done = run_cli("--checkpoint", str(tmp_path / "x.pt"), "--random-weights", "--output-dir", "o", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and "goes with --torchvision" in done.stderr
+
+
+def test_torchvision_without_its_weights_is_one_line_naming_the_fix(tmp_path):
+    """As on a machine without internet or cached weights, whether or not this one has either: an empty
+    $TORCH_HOME, and a proxy on a closed local port, so urllib's download fails at once."""
+    home, out = tmp_path / "torch", tmp_path / "out"
+    offline = {"TORCH_HOME": str(home), "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
+    done = run_cli("--torchvision", "alexnet", "--output-dir", str(out), cwd=tmp_path, env={**offline, "no_proxy": ""})
+    assert done.returncode == 2, done.stderr[-3000:]
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: cannot load torchvision's ImageNet weights for alexnet") and "refused" in line
+    assert f"place alexnet-owt-7be5be79.pth in {home / 'hub' / 'checkpoints'}" in line
+    assert "pass --random-weights" in line
+    assert not any((out / name).exists() for name in ("results.json", "results.md"))
+
+
+def test_random_weights_reach_the_export(monkeypatch, tmp_path):
+    """--random-weights on the command line → the options → the exporter's torchvision source (which the tables'
+    first line then follows through the card: tests/unit/test_bench_floors.py)."""
+    import benchmarking.benchmark as benchmark
+    import benchmarking.suite as suite
+    import export.sources
+
+    seen: dict[str, suite.BenchmarkOptions] = {}
+
+    def stop(opts: suite.BenchmarkOptions) -> None:
+        seen["opts"] = opts
+        raise ConvserveError("stop here")
+
+    monkeypatch.setattr(benchmark, "run_benchmark", stop)
+    for argv, expected in (([], False), (["--random-weights"], True)):
+        with pytest.raises(ConvserveError, match="stop here"):
+            benchmark.main(["--torchvision", "alexnet", "--output-dir", str(tmp_path), *argv])
+        assert seen["opts"].torchvision == "alexnet" and seen["opts"].random_weights is expected
+
+    asked = []
+
+    def source(arch: str, weights_name: str = "IMAGENET1K_V1", random_weights: bool = False):
+        asked.append((arch, random_weights))
+        raise ConvserveError("stop here")
+
+    monkeypatch.setattr(export.sources, "torchvision_source", source)
+    opts = suite.BenchmarkOptions(output_dir=tmp_path, torchvision="resnet18", random_weights=True)
+    with pytest.raises(ConvserveError, match="stop here"):
+        suite.export_artifact(opts, tmp_path, ["onnx"], [], say=lambda _: None)
+    assert asked == [("resnet18", True)]

@@ -9,16 +9,21 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
+from urllib.error import URLError
 
 import onnx
 import pytest
 import torch
 import torchvision
 
+from common.errors import ConvserveError
 from common.files import sha256_file
-from export.artifact import FILE_NAMES, read_card, read_index_to_name, unique_labels
+from export.artifact import FILE_NAMES, read_card, read_index_to_name, unique_labels, write_card
 from export.check_images import image_file_tensor
+from export.pipeline import ExportRequest, run_export
+from export.sources import checkpoint_source, random_weights_note, torchvision_source, weights_sha256
 from tests.conftest import PYTHON, REPO
 from training.checkpoint import load_checkpoint
 from training.models import model_from_checkpoint
@@ -28,11 +33,35 @@ pytestmark = pytest.mark.slow
 ARCH_EPOCHS = {"mlp": 2, "alexnet": 1, "resnet18": 1}  # the same runs other test modules train
 
 
-def cli(script: str, *args, cwd: Path = REPO) -> subprocess.CompletedProcess:
+def cli(script: str, *args, cwd: Path = REPO, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(PYTHON), str(REPO / "export" / script), *map(str, args)],
-        cwd=cwd, capture_output=True, text=True, timeout=900,
+        cwd=cwd, capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})},
     )  # fmt: skip
+
+
+def offline_env(torch_home: Path) -> dict[str, str]:
+    """A CLI's environment as on a machine without internet and without cached weights, whether or not this one
+    has either: an empty $TORCH_HOME, and a proxy on a closed local port, so urllib's download fails at once."""
+    proxy = "http://127.0.0.1:9"
+    return {"TORCH_HOME": str(torch_home), "http_proxy": proxy, "https_proxy": proxy, "no_proxy": ""}
+
+
+def offline(monkeypatch, torch_home: Path) -> list[str]:
+    """This process as offline_env's: every weight download fails with urllib's URLError; returns the URLs asked."""
+    asked: list[str] = []
+
+    def no_network(url: str, dst: str, *args, **kwargs) -> None:
+        asked.append(url)
+        raise URLError(ConnectionRefusedError(111, "Connection refused"))
+
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return asked
+
+
+def cached_weights(torch_home: Path) -> list[Path]:
+    return sorted((torch_home / "hub" / "checkpoints").glob("*")) if torch_home.exists() else []
 
 
 def one_line_error(result: subprocess.CompletedProcess, fragment: str, code: int = 2) -> None:
@@ -171,15 +200,33 @@ def test_quantized_and_half_precision_files_report_their_accuracy(exported):
     assert "parity onnx-int8: PASS" in stdout and "parity onnx-fp16: PASS" in stdout
 
 
-def test_torchvision_model_without_internet_is_exported_with_random_weights_said_loudly(photos, tmp_path):
-    folder = tmp_path / "tv"
-    result = cli("to_onnx.py", "--torchvision", "resnet18", "--output-dir", folder, "--check-images", photos["coffee"])
+@pytest.mark.parametrize(
+    ("script", "arch", "file"),
+    [("to_onnx.py", "alexnet", "alexnet-owt-7be5be79.pth"), ("to_torchscript.py", "resnet18", "resnet18-f37072fd.pth")],
+)
+def test_torchvision_without_its_weights_is_one_line_naming_the_fix(tmp_path, script, arch, file):
+    home, folder = tmp_path / "torch", tmp_path / "tv"
+    result = cli(script, "--torchvision", arch, "--output-dir", folder, env=offline_env(home))
+    one_line_error(result, f"cannot load torchvision's ImageNet weights for {arch}")
+    line = result.stderr.strip()
+    assert "Connection refused" in line  # the cause: the download really ran, and failed
+    assert f"place {file} in {home / 'hub' / 'checkpoints'}" in line and "pass --random-weights" in line
+    assert not folder.exists() and cached_weights(home) == []  # nothing written, no half file left
+
+
+def test_torchvision_random_weights_are_exported_and_said_first(photos, tmp_path):
+    home = tmp_path / "torch"
+    args = ["--torchvision", "resnet18", "--random-weights", "--check-images", photos["coffee"]]
+    result = cli("to_onnx.py", *args, cwd=tmp_path, env=offline_env(home))
     assert result.returncode == 0, result.stderr
+    assert cached_weights(home) == []  # --random-weights downloads nothing
+    folder = tmp_path / "artifacts" / "resnet18-imagenet-random"  # the default name says it too
     card = read_card(folder)
-    random = card.source.random_weights
-    # no internet here: the weights cannot download (where they can, the export uses them, and says nothing)
-    assert random is ("WARNING: RANDOM WEIGHTS" in result.stderr)
-    assert any("RANDOM WEIGHTS" in n for n in card.notes) is random
+    assert card.source.random_weights and card.source.metrics == {}  # torchvision's accuracy is not this model's
+    first = card.notes[0]
+    assert first.startswith("RANDOM WEIGHTS (--random-weights): seeded random, not trained") and "resnet18" in first
+    assert [n for n in card.notes if "RANDOM WEIGHTS" in n] == [first]
+    assert "WARNING: RANDOM WEIGHTS" in result.stderr
     categories = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
     assert card.num_classes == 1000 == len(set(card.class_names)) and card.class_names == unique_labels(categories)
     assert read_index_to_name(folder) == card.class_names and card.class_names[134] == "crane bird"
@@ -190,6 +237,45 @@ def test_torchvision_model_without_internet_is_exported_with_random_weights_said
     assert parity.passed and parity.sources == {"--check-images": 1, "scikit-image sample photos": 6}
     assert card.source.torchvision_weights == "resnet18:IMAGENET1K_V1" and card.source.weights_sha256
     assert card.file("eager") is not None and card.file("onnx").test_acc1 is None  # no dataset to score on
+
+
+def test_torchvision_weights_placed_by_hand_are_exported_as_trained(monkeypatch, tmp_path):
+    """The fix the offline error names: the file in $TORCH_HOME/hub/checkpoints is loaded, and nothing is random."""
+    asked = offline(monkeypatch, tmp_path)
+    torch.manual_seed(1)
+    state = torchvision.models.resnet18().state_dict()
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(state, tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
+    source = torchvision_source("resnet18")
+    assert asked == [] and not source.card.random_weights and source.name == "resnet18-imagenet"
+    assert source.card.weights_sha256 == weights_sha256(state)
+    assert source.card.metrics["imagenet_acc1"] == pytest.approx(69.758)  # torchvision's figure for these weights
+    # without the file, the same call is the one-line error, and --random-weights the way past it
+    (tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth").unlink()
+    with pytest.raises(ConvserveError, match="pass --random-weights"):
+        torchvision_source("resnet18")
+    assert asked == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url]
+    random = torchvision_source("resnet18", random_weights=True)
+    assert random.card.random_weights and random.card.weights_sha256 != weights_sha256(state)
+    assert random.card.weights_sha256 == torchvision_source("resnet18", random_weights=True).card.weights_sha256
+
+
+def test_the_random_weights_note_leads_the_card_and_leaves_with_those_weights(digits_run, tmp_path):
+    """The pipeline's part, on a cheap model: an untrained source's note goes first; an earlier export's
+    random-weights note (in any wording) does not outlive the weights it described; other notes stay."""
+    source = checkpoint_source(digits_run("mlp", 2) / "checkpoints" / "best.pt")
+    folder = tmp_path / "artifact"
+    request = ExportRequest(formats=["torchscript"], output_dir=folder, dataset_images=8, test_accuracy=False)
+    run_export(source, request)
+    stale = "RANDOM WEIGHTS: torchvision's mlp:X weights could not be loaded; this model's predictions are meaningless"
+    write_card(folder, read_card(folder).model_copy(update={"notes": ["a note of its own", stale]}))
+    untrained = replace(
+        source, card=source.card.model_copy(update={"random_weights": True, "torchvision_weights": "mlp:X"})
+    )
+    run_export(untrained, replace(request, force=True))
+    assert read_card(folder).notes == [random_weights_note(untrained.card), "a note of its own"]
+    run_export(source, replace(request, force=True))
+    assert read_card(folder).notes == ["a note of its own"]
 
 
 # ---------------------------------------------------------------- bad input: exit 2, one line, nothing touched
@@ -270,6 +356,9 @@ def test_another_checkpoint_cannot_write_into_an_artifact(exported, digits_run, 
 def test_usage_errors_are_one_line(digits_run, photos, tmp_path):
     ckpt = digits_run("mlp", 2) / "checkpoints" / "best.pt"
     one_line_error(cli("to_onnx.py", "--output-dir", tmp_path / "x"), "give either a CHECKPOINT or --torchvision")
+    one_line_error(
+        cli("to_onnx.py", ckpt, "--random-weights", "--output-dir", tmp_path / "x"), "goes with --torchvision"
+    )
     one_line_error(cli("to_onnx.py", ckpt, "--batch", "zero"), "--batch")
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")

@@ -1,5 +1,6 @@
 """The benchmark's floors come from rates measured in the run (hardware.rates), never from a constant: the
-arithmetic on a given MachineRates, the FLOP count, the suite's wiring, and how targets and tables use them."""
+arithmetic on a given MachineRates, the FLOP count, the suite's wiring, and how targets and tables use them.
+Also what the tables say first: whether the model measured had trained weights."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from torch import nn
 import benchmarking.suite as suite
 from benchmarking.comparisons import floor_multiples, inprocess_targets
 from benchmarking.floors import Floors, compute_floors, forward_flops
+from benchmarking.machine import MachineInfo
 from benchmarking.results import BenchmarkResults, InProcessResult, ModelInfo
-from benchmarking.tables import floors_section
-from export.artifact import read_card
+from benchmarking.tables import floors_section, render_markdown
+from export.artifact import SourceCard, read_card, write_card
 from hardware.rates import MachineRates
 from serving.latency_stats import LatencyStats
 from tests.serving_helpers import build_artifact, random_run
@@ -126,3 +128,41 @@ def test_old_results_without_measured_floors_are_refused():
     assert "floors" in BenchmarkResults.model_fields and "nominal_floor_ms" not in BenchmarkResults.model_fields
     with pytest.raises(ValueError, match="schema_version"):
         BenchmarkResults.model_validate({"schema_version": "convserve.benchmark/v1"})
+
+
+def untrained_results(tmp_path: Path, random_weights: bool) -> BenchmarkResults:
+    """Results as the suite builds them from an artifact whose card says (or not) that its weights are random."""
+    folder = build_artifact(random_run(tmp_path / "run", input_size=16), tmp_path / "artifact", ("eager",))
+    card = read_card(folder)
+    source = SourceCard(torchvision_weights="mlp:TEST", random_weights=random_weights, weights_sha256="a" * 64)
+    write_card(folder, card.model_copy(update={"source": source}))
+    card = read_card(folder)
+    model = suite.model_info(card, suite.eager_checkpoint(card, folder), "torchvision:mlp")
+    machine = MachineInfo(
+        hostname="h", platform="Linux", cpu_model="cpu", logical_cpus=2, affinity_cpus=2, usable_cpus=2, ram_gb=8.0,
+        load_average=[0.0, 0.0, 0.0], python="3.11", versions={}, torch_threads=2, torch_interop_threads=2,
+        thread_env={},
+    )  # fmt: skip
+    settings = suite.run_settings(suite.BenchmarkOptions(output_dir=tmp_path / "out", quick=True), "cpu")
+    return BenchmarkResults(
+        command="python benchmarking/benchmark.py --torchvision mlp --random-weights",
+        model=model,
+        artifact=str(folder),
+        images=[],
+        machine=machine,
+        settings=settings,
+        floors=None,
+        notes=card.notes,
+    )
+
+
+def test_a_table_of_an_untrained_model_says_so_in_its_first_line(tmp_path):
+    res = untrained_results(tmp_path / "random", random_weights=True)
+    assert res.model.random_weights  # from the card's source, through the suite's model_info
+    first = render_markdown(res).splitlines()[0]
+    assert first.startswith("# Benchmark: mlp-") and "RANDOM WEIGHTS (not trained" in first
+    # the same run from the file, as results.md is written from results.json
+    reread = BenchmarkResults.model_validate_json(res.model_dump_json())
+    assert render_markdown(reread).splitlines()[0] == first
+    trained = render_markdown(untrained_results(tmp_path / "trained", random_weights=False))
+    assert "RANDOM" not in trained and "random weights" not in trained

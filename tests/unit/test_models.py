@@ -1,5 +1,10 @@
+import socket
+from pathlib import Path
+from urllib.error import URLError
+
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from common.errors import ConvserveError
@@ -42,8 +47,53 @@ def test_activation_swap_replaces_every_relu(arch, name, cls):
     assert nn.ReLU not in kinds and cls in kinds
 
 
+def offline(monkeypatch, torch_home: Path) -> list[str]:
+    """This process as on a machine without internet and with an empty torch cache, whether or not this one has
+    either: $TORCH_HOME is an empty folder and every weight download fails with the URLError urllib raises when
+    no name resolves. Returns the URLs asked for, so a test can tell the download was really attempted."""
+    asked: list[str] = []
+
+    def no_network(url: str, dst: str, *args, **kwargs) -> None:
+        asked.append(url)
+        raise URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return asked
+
+
 def test_pretrained_without_internet_is_a_clear_error(monkeypatch, tmp_path):
-    # No internet here: torchvision's weight download fails, which is exactly the offline case users hit.
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(ConvserveError, match="cannot load torchvision's ImageNet weights for resnet18"):
+    asked = offline(monkeypatch, tmp_path)
+    with pytest.raises(ConvserveError) as info:
         build_model("resnet18", 10, 64, pretrained=True)
+    message = str(info.value)
+    assert asked == [torchvision.models.ResNet18_Weights.DEFAULT.url]
+    assert "\n" not in message and message.startswith("cannot load torchvision's ImageNet weights for resnet18")
+    assert "Temporary failure in name resolution" in message  # the cause, in one line
+    # the fix: which file, where torch looks for it (it follows $TORCH_HOME), or go on without pretraining
+    assert f"place resnet18-f37072fd.pth in {tmp_path / 'hub' / 'checkpoints'} or drop --pretrained" in message
+
+
+def test_a_damaged_cached_weights_file_is_a_clear_error(monkeypatch, tmp_path):
+    offline(monkeypatch, tmp_path)
+    cached = tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    cached.parent.mkdir(parents=True)
+    for content in (b"", b"not a pickle"):  # an interrupted copy; a file that is not torch's
+        cached.write_bytes(content)
+        with pytest.raises(ConvserveError, match="cannot load torchvision's ImageNet weights for alexnet"):
+            build_model("alexnet", 10, 224, pretrained=True)
+
+
+def test_pretrained_weights_placed_by_hand_are_used_offline(monkeypatch, tmp_path):
+    """What the error tells an offline user to do works: the file in $TORCH_HOME/hub/checkpoints is loaded."""
+    asked = offline(monkeypatch, tmp_path)
+    torch.manual_seed(1)
+    trained = torchvision.models.resnet18()
+    folder = tmp_path / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save(trained.state_dict(), folder / "resnet18-f37072fd.pth")
+    model, _ = build_model("resnet18", 10, 224, pretrained=True)
+    assert asked == []  # nothing was downloaded
+    assert torch.equal(model.conv1.weight, trained.conv1.weight)
+    assert torch.equal(model.layer4[1].conv2.weight, trained.layer4[1].conv2.weight)
+    assert model.fc.out_features == 10  # the head is replaced for the dataset's classes

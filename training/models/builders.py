@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pickle
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 import torchvision
 from torch import nn
+from torchvision.models import WeightsEnum
 
 from common.errors import ConvserveError, first_line
 from training.models.activations import swap_activations
@@ -27,19 +31,27 @@ def resolve_input_size(arch: str, dataset_size: int, requested: int | None) -> i
     return max(dataset_size, ARCH_SMALL_INPUT[arch])
 
 
-def _load_pretrained(arch: str) -> nn.Module:
-    weights = torchvision.models.get_model_weights(arch).DEFAULT
+def load_pretrained(arch: str, weights: WeightsEnum | None = None, instead: str = "drop --pretrained") -> nn.Module:
+    """torchvision's ``arch`` with its ImageNet ``weights`` (default: torchvision's DEFAULT set).
+
+    Weights it cannot load (no internet and no cached file, or a damaged file) are a one-line error that names
+    the file, the folder torch looks in for it, and ``instead``: how to go on without them.
+    """
+    weights = torchvision.models.get_model_weights(arch).DEFAULT if weights is None else weights
     try:
         return torchvision.models.get_model(arch, weights=weights)
-    except (OSError, RuntimeError) as exc:  # URLError is an OSError
+    # URLError is an OSError; a damaged or truncated cached file is one of the others
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        file = Path(urlparse(weights.url).path).name
+        folder = Path(torch.hub.get_dir()) / "checkpoints"  # follows $TORCH_HOME, as the download does
         raise ConvserveError(
             f"cannot load torchvision's ImageNet weights for {arch} ({weights}): {first_line(exc)}; "
-            "without internet, place the file in $TORCH_HOME/hub/checkpoints or drop --pretrained"
+            f"without internet, place {file} in {folder} or {instead}"
         ) from None
 
 
 def _resnet(arch: str, num_classes: int, small_stem: bool, pretrained: bool) -> nn.Module:
-    model = _load_pretrained(arch) if pretrained else torchvision.models.get_model(arch, weights=None)
+    model = load_pretrained(arch) if pretrained else torchvision.models.get_model(arch, weights=None)
     if small_stem:
         model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
@@ -49,7 +61,7 @@ def _resnet(arch: str, num_classes: int, small_stem: bool, pretrained: bool) -> 
 
 def _alexnet(num_classes: int, dropout: float, pretrained: bool) -> nn.Module:
     if pretrained:
-        model = _load_pretrained("alexnet")
+        model = load_pretrained("alexnet")
         model.classifier[-1] = nn.Linear(model.classifier[-1].in_features, num_classes)
         return model
     return torchvision.models.alexnet(weights=None, num_classes=num_classes, dropout=dropout)
