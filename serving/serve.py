@@ -61,5 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     return run_server(settings, foreground=args.foreground)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``convserve-serve`` entry point: ``main`` behind the one-line error edge."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

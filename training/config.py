@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from common.errors import ConvserveError, first_line
 from common.files import write_text_atomic
@@ -21,14 +23,19 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    name: Literal[DATASETS] = "digits"  # type: ignore[valid-type]
-    data_dir: Path | None = None
-    input_size: int | None = Field(None, ge=8, le=1024, description="None: the larger of the dataset's and the model's")
-    # None: the dataset's own (measured on a sample of a folder's training images); 1 value or 1 per channel
-    mean: list[float] | None = Field(None, min_length=1, max_length=3)
-    std: list[float] | None = Field(None, min_length=1, max_length=3)
-    download: bool = True
-    augment: bool = True
+    name: Literal[DATASETS] = Field("digits", description="the dataset to train, validate and test on")  # type: ignore[valid-type]
+    data_dir: Path | None = Field(None, description="where the dataset is (or downloads to); None: data/<dataset>")
+    input_size: int | None = Field(
+        None, ge=8, le=1024, description="image side in px; None: the larger of the dataset's and the model's"
+    )
+    mean: list[float] | None = Field(
+        None, min_length=1, max_length=3, description="normalisation mean (1 or 3 values); None: the data's own"
+    )
+    std: list[float] | None = Field(
+        None, min_length=1, max_length=3, description="normalisation std (1 or 3 values); None: the data's own"
+    )
+    download: bool = Field(True, description="download torchvision datasets that are missing (where there is internet)")
+    augment: bool = Field(True, description="augment training images with the dataset's policy")
     limit_per_class: int | None = Field(None, ge=1, description="cap images per class (quick experiments)")
 
     @field_validator("std")
@@ -40,48 +47,56 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    arch: Literal[ARCHS] = "alexnet"  # type: ignore[valid-type]
-    activation: Literal["relu", "sigmoid", "tanh", "gelu"] = "relu"
-    pretrained: bool = False
+    arch: Literal[ARCHS] = Field("alexnet", description="the architecture (each has its recipe)")  # type: ignore[valid-type]
+    activation: Literal["relu", "sigmoid", "tanh", "gelu"] = Field("relu", description="the hidden layers' activation")
+    pretrained: bool = Field(False, description="start from torchvision ImageNet weights")
     small_input_stem: bool | None = Field(
         None, description="ResNet 3x3 stem without max-pool; None: when input <= 64 px"
     )
-    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    dropout: float = Field(
+        0.5, ge=0.0, lt=1.0, description="dropout probability (AlexNet's classifier and the MLP; ResNets have none)"
+    )
     # "kaiming": He-normal conv/linear weights; torchvision's AlexNet keeps PyTorch's default init, whose
     # signal shrinks layer by layer and leaves AlexNet near chance for the first epochs on small data.
-    init: Literal["default", "kaiming"] = "default"  # each model's recipe (RECIPES) picks its own
+    init: Literal["default", "kaiming"] = Field(
+        "default", description="weight init: PyTorch's default or He-normal (kaiming)"
+    )
 
 
 class OptimConfig(_Strict):
-    optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
-    lr: float = Field(1e-3, gt=0.0, le=10.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.05, ge=0.0)
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
-    warmup_epochs: int = Field(1, ge=0)
-    step_size: int = Field(10, ge=1)
-    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    optimizer: Literal["sgd", "adam", "adamw"] = Field("adamw", description="the optimizer")
+    lr: float = Field(1e-3, gt=0.0, le=10.0, description="peak learning rate (after warmup)")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum (Nesterov when > 0)")
+    weight_decay: float = Field(0.05, ge=0.0, description="weight decay (not on biases and norms)")
+    schedule: Literal["cosine", "step", "constant"] = Field("cosine", description="learning-rate schedule after warmup")
+    warmup_epochs: int = Field(1, ge=0, description="epochs of linear learning-rate warmup")
+    step_size: int = Field(10, ge=1, description="epochs between decays of the step schedule")
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="learning-rate factor at each decay of the step schedule")
     # 0.1: fp32 AlexNet digits 98.89 / 98.15 % -> 99.26 / 99.26 / 99.63 % (seeds 0-2); ResNet34 98.89 -> 99.26 %
-    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
-    # 0 = off; else validation, best.pt and export use an exponential moving average of the weights
-    ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0, description="cross-entropy label smoothing")
+    ema_decay: float = Field(
+        0.0, ge=0.0, lt=1.0, description="average the weights (e.g. 0.99) for validation, best.pt and export; 0: off"
+    )
     ema_every: int = Field(1, ge=1, description="optimizer steps between EMA updates")
 
 
 class RunConfig(_Strict):
-    epochs: int = Field(10, ge=1, le=10_000)
-    batch_size: int = Field(64, ge=1, le=65_536)
-    seed: int = 0
-    deterministic: bool = False
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    # auto: bf16 where the device computes it natively, else fp32 (CPU) or fp16 + loss scaling (CUDA);
-    # amp: the device's low precision even where emulated. config.yaml of a run holds what it really used.
-    precision: Literal[PRECISIONS] = "auto"  # type: ignore[valid-type]
-    channels_last: bool = False
-    workers: int = Field(0, ge=0, le=64)
+    epochs: int = Field(10, ge=1, le=10_000, description="training epochs")
+    batch_size: int = Field(64, ge=1, le=65_536, description="images per step (per process under torchrun)")
+    seed: int = Field(0, description="seeds the split, the initialisation and each epoch's shuffling")
+    deterministic: bool = Field(False, description="deterministic algorithms where PyTorch has them (slower)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA where there is a GPU")
+    # config.yaml of a run holds the precision it really used, never auto or amp.
+    precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
+        "auto",
+        description="auto: bf16 where the device has it natively, else fp32 on CPU / fp16 on CUDA; "
+        "amp: the device's low precision even where emulated",
+    )
+    channels_last: bool = Field(False, description="channels-last memory format for the model and the batches")
+    workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes")
     output_dir: Path | None = Field(None, description="the run folder; None: runs/<timestamp>-<arch>-<dataset>")
-    name: str | None = None
-    print_freq: int = Field(20, ge=1)
+    name: str | None = Field(None, description="run folder name under runs/ (instead of the timestamped one)")
+    print_freq: int = Field(20, ge=1, description="batches between progress lines (without a terminal)")
     # last.pt carries the optimizer state (AlexNet + AdamW: 684 MB, ~1 s of CPU to write on this machine)
     checkpoint_every: int = Field(1, ge=1, description="write last.pt every N epochs and after the last one")
 
@@ -144,34 +159,51 @@ def with_recipe(tree: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-# CLI flag -> dotted path in TrainConfig; the parser in train.py is built from this table.
-CLI_OVERRIDES: dict[str, str] = {
-    "model": "model.arch",
-    "activation": "model.activation",
-    "pretrained": "model.pretrained",
-    "dataset": "data.name",
-    "data_dir": "data.data_dir",
-    "input_size": "data.input_size",
-    "mean": "data.mean",
-    "std": "data.std",
-    "epochs": "run.epochs",
-    "batch_size": "run.batch_size",
-    "lr": "optim.lr",
-    "optimizer": "optim.optimizer",
-    "weight_decay": "optim.weight_decay",
-    "schedule": "optim.schedule",
-    "label_smoothing": "optim.label_smoothing",
-    "ema_decay": "optim.ema_decay",
-    "seed": "run.seed",
-    "deterministic": "run.deterministic",
-    "device": "run.device",
-    "precision": "run.precision",
-    "channels_last": "run.channels_last",
-    "checkpoint_every": "run.checkpoint_every",
-    "workers": "run.workers",
-    "output_dir": "run.output_dir",
-    "name": "run.name",
-}
+# The command line is generated from the models above (train.py's build_parser): every field is a flag named
+# after it (``run.batch_size`` -> ``--batch-size``), its description the help text, so a new field is a new
+# flag without a second list to keep in step. These two tables are the only exceptions.
+FLAG_NAMES: dict[str, str] = {"data.name": "dataset", "model.arch": "model"}  # where the field's name says too little
+NOT_FLAGS: frozenset[str] = frozenset()  # fields set in YAML only (none today)
+# Flags that stand for one value of a field: --amp is --precision amp.
+FLAG_SHORTCUTS: dict[str, tuple[str, Any]] = {"amp": ("run.precision", "amp")}
+
+
+@dataclass(frozen=True)
+class ConfigFlag:
+    """One field of TrainConfig as a command-line flag."""
+
+    dest: str  # argparse's dest and the key of CLI_OVERRIDES: "batch_size"
+    path: str  # the dotted field: "run.batch_size"
+    field: FieldInfo
+
+    @property
+    def option(self) -> str:
+        return "--" + self.dest.replace("_", "-")
+
+
+def config_flags() -> list[ConfigFlag]:
+    """Every TrainConfig field that is a flag, in the models' order; one flag per field, no two alike."""
+    flags: dict[str, ConfigFlag] = {}
+    for section, info in TrainConfig.model_fields.items():
+        for leaf, field in info.annotation.model_fields.items():
+            path = f"{section}.{leaf}"
+            if path in NOT_FLAGS:
+                continue
+            dest = FLAG_NAMES.get(path, leaf)
+            if dest in flags or dest in FLAG_SHORTCUTS:
+                raise TypeError(f"{path} would be --{dest}, a flag taken already: rename it in FLAG_NAMES")
+            flags[dest] = ConfigFlag(dest, path, field)
+    return list(flags.values())
+
+
+def recipe_sets(path: str) -> bool:
+    """Whether some model's recipe picks this dotted field (then its default depends on --model)."""
+    section, _, leaf = path.partition(".")
+    return any(leaf in recipe.get(section, {}) for recipe in RECIPES.values())
+
+
+# flag dest -> dotted path in TrainConfig (build_config's overrides, sweep grid keys)
+CLI_OVERRIDES: dict[str, str] = {flag.dest: flag.path for flag in config_flags()}
 
 
 def format_validation_error(exc: ValidationError) -> str:

@@ -26,5 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``convserve-sweep`` entry point: ``main`` behind the one-line error edge."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -6,59 +6,89 @@ Works unchanged under ``torchrun --nproc_per_node N training/train.py ...`` (Dis
 from __future__ import annotations
 
 import argparse
+import types
+from collections.abc import Mapping
+from enum import Enum
+from functools import partial
 from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
 
 from common.errors import CliParser, run_cli
-from training.config import ARCHS, DATASETS, load_config
-from training.engine.precision import PRECISIONS
-from training.trainer import load_resume_config, run_training
+from training.config import FLAG_SHORTCUTS, TrainConfig, config_flags, load_config, recipe_sets
+
+
+class ConfigHelpFormatter(argparse.HelpFormatter):
+    """Shows each config flag's model default (argparse's own default stays None: "not given, YAML decides")."""
+
+    def __init__(self, prog: str, shown: Mapping[str, str]) -> None:
+        super().__init__(prog)
+        self._shown = shown
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        shown = self._shown.get(action.option_strings[0]) if action.option_strings else None
+        return action.help if shown is None else f"{action.help} (default: {shown})"
+
+
+def value_type(annotation: Any) -> tuple[Any, bool]:
+    """A field's annotation without ``| None``, and whether it is a list (``list[float]`` -> float, True)."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        (annotation,) = [arg for arg in get_args(annotation) if arg is not type(None)]
+    if get_origin(annotation) is list:
+        return get_args(annotation)[0], True
+    return annotation, False
+
+
+def flag_arguments(dest: str, annotation: Any, description: str) -> dict[str, Any]:
+    """argparse keywords for one config field: type, choices (a Literal's or an enum's values) and nargs."""
+    kind, many = value_type(annotation)
+    # default None: only flags the user gives override the YAML file and the model's recipe
+    kwargs: dict[str, Any] = {"dest": dest, "default": None, "help": description.replace("%", "%%")}
+    if kind is bool:
+        return {**kwargs, "action": argparse.BooleanOptionalAction}
+    if get_origin(kind) is Literal:
+        kwargs["choices"] = list(get_args(kind))
+    elif isinstance(kind, type) and issubclass(kind, Enum):
+        kwargs["choices"] = [member.value for member in kind]
+    if "choices" in kwargs:
+        kind = type(kwargs["choices"][0])
+    return {**kwargs, "type": kind, **({"nargs": "+"} if many else {})}
+
+
+def shown_default(path: str, default: Any) -> str:
+    """The default --help shows: where a recipe picks the field, the value depends on --model."""
+    text = str(default).replace("%", "%%")
+    return f"model's recipe, else {text}" if recipe_sets(path) else text
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = CliParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """train.py's flags, one per TrainConfig field (training/config.py: config_flags), grouped by section."""
+    shown: dict[str, str] = {}
+    p = CliParser(description=__doc__.splitlines()[0], formatter_class=partial(ConfigHelpFormatter, shown=shown))
     p.add_argument("--config", type=Path, help="YAML config; flags given here override it")
-    p.add_argument("--model", choices=ARCHS)
-    p.add_argument("--activation", choices=["relu", "sigmoid", "tanh", "gelu"])
-    p.add_argument("--pretrained", action="store_true", default=None, help="start from torchvision ImageNet weights")
-    p.add_argument("--dataset", choices=DATASETS)
-    p.add_argument("--data-dir", type=Path)
-    p.add_argument("--input-size", type=int)
-    p.add_argument("--mean", type=float, nargs="+", help="normalisation mean (1 or 3 values; default: the data's)")
-    p.add_argument("--std", type=float, nargs="+", help="normalisation std (1 or 3 values; default: the data's)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--schedule", choices=["cosine", "step", "constant"])
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--ema-decay", type=float, help="average the weights (e.g. 0.99); 0: off")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--deterministic", action="store_true", default=None)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        help="auto (default): bf16 where the device has it natively, else fp32 on CPU / fp16 on CUDA",
-    )
-    p.add_argument(
-        "--amp",
-        dest="precision",
-        action="store_const",
-        const="amp",
-        help="autocast even where emulated: bf16 on CPU, bf16 or fp16 on CUDA (= --precision amp)",
-    )
-    p.add_argument("--channels-last", action="store_true", default=None)
-    p.add_argument("--workers", type=int)
-    p.add_argument("--checkpoint-every", type=int, help="write last.pt every N epochs (and after the last one)")
-    p.add_argument("--output-dir", type=Path, help="the run folder (default runs/<timestamp>-<model>-<dataset>)")
-    p.add_argument("--name", help="run folder name under runs/")
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from checkpoints/last.pt")
+    groups = {section: p.add_argument_group(f"{section} (YAML {section}:)") for section in TrainConfig.model_fields}
+    options = {}
+    for flag in config_flags():
+        description = flag.field.description
+        if not description:
+            raise TypeError(f"{flag.path} has no Field(description=...) for its --help")
+        section = flag.path.partition(".")[0]
+        groups[section].add_argument(flag.option, **flag_arguments(flag.dest, flag.field.annotation, description))
+        shown[flag.option] = shown_default(flag.path, flag.field.default)
+        options[flag.path] = flag
+    for name, (path, value) in FLAG_SHORTCUTS.items():
+        target = options[path]
+        group = groups[path.partition(".")[0]]
+        group.add_argument(f"--{name}", dest=target.dest, action="store_const", const=value,
+                           help=f"short for {target.option} {value}")  # fmt: skip
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # imported here: --help and a bad flag answer without loading torchvision and the data pipeline (~4 s)
+    from training.trainer import load_resume_config, run_training
+
     overrides = {k: v for k, v in vars(args).items() if k not in ("config", "resume")}
     if args.resume and args.output_dir is not None and args.config is None:
         cfg = load_resume_config(args.output_dir, overrides)
@@ -68,5 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``convserve-train`` entry point: ``main`` behind the one-line error edge."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

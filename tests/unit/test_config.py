@@ -1,9 +1,25 @@
+import argparse
 from pathlib import Path
+from typing import Literal, get_args, get_origin
 
 import pytest
 
 from common.errors import ConvserveError
-from training.config import build_config, dump_config, load_config, read_yaml
+from training.config import (
+    ARCHS,
+    CLI_OVERRIDES,
+    DATASETS,
+    FLAG_NAMES,
+    NOT_FLAGS,
+    OptimConfig,
+    TrainConfig,
+    build_config,
+    dump_config,
+    load_config,
+    read_yaml,
+)
+from training.engine.precision import PRECISIONS
+from training.train import build_parser
 
 
 def test_defaults_are_alexnet_on_digits():
@@ -79,3 +95,55 @@ def test_each_model_picks_its_recipe_and_a_field_the_user_sets_wins():
     assert (mine.optim.lr, mine.run.batch_size, mine.model.init) == (0.02, 8, "kaiming")
     from_yaml = build_config({"model": {"arch": "mlp", "dropout": 0.4}})
     assert (from_yaml.model.dropout, from_yaml.run.epochs) == (0.4, 30)
+
+
+def _flag_actions() -> dict[str, argparse.Action]:
+    return {option: action for action in build_parser()._actions for option in action.option_strings}
+
+
+def _fields():
+    for section, info in TrainConfig.model_fields.items():
+        for leaf, field in info.annotation.model_fields.items():
+            yield f"{section}.{leaf}", leaf, field
+
+
+def test_every_config_field_is_a_flag_with_its_description_as_help():
+    """The parser is generated from the models: a field added to training/config.py is a flag at once."""
+    actions = _flag_actions()
+    for path, leaf, field in _fields():
+        if path in NOT_FLAGS:
+            continue
+        option = "--" + FLAG_NAMES.get(path, leaf).replace("_", "-")
+        assert option in actions, f"{path} has no {option}"
+        action = actions[option]
+        assert CLI_OVERRIDES[action.dest] == path
+        assert field.description and action.help.replace("%%", "%") == field.description, path
+        if get_origin(field.annotation) is Literal:
+            assert action.choices == list(get_args(field.annotation)), path
+
+
+def test_choices_come_from_the_models_literals():
+    actions = _flag_actions()
+    assert actions["--optimizer"].choices == list(get_args(OptimConfig.model_fields["optimizer"].annotation))
+    assert actions["--model"].choices == list(ARCHS) and actions["--dataset"].choices == list(DATASETS)
+    assert actions["--precision"].choices == list(PRECISIONS)
+
+
+def test_flags_set_their_fields_and_only_given_flags_override():
+    args = vars(build_parser().parse_args(
+        ["--model", "alexnet", "--momentum", "0.5", "--no-augment", "--mean", "0.5", "--amp", "--deterministic"]
+    ))  # fmt: skip
+    cfg = build_config(None, {k: v for k, v in args.items() if k not in ("config", "resume")})
+    assert (cfg.optim.momentum, cfg.data.augment, cfg.data.mean) == (0.5, False, [0.5])
+    assert (cfg.run.precision, cfg.run.deterministic) == ("amp", True)
+    assert (cfg.optim.lr, cfg.run.batch_size) == (3e-4, 32)  # not given: AlexNet's recipe, not the field default
+    given = vars(build_parser().parse_args(["--lr", "0.02", "--batch-size", "8"]))
+    mine = build_config({"optim": {"lr": 0.5}}, {k: v for k, v in given.items() if k not in ("config", "resume")})
+    assert (mine.optim.lr, mine.run.batch_size, mine.model.init) == (0.02, 8, "kaiming")
+
+
+def test_help_shows_the_models_defaults(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # one line per flag
+    text = build_parser().format_help()
+    assert "(default: model's recipe, else 0.001)" in text  # --lr: AlexNet's recipe says 3e-4
+    assert "(default: adamw)" in text and "short for --precision amp" in text
