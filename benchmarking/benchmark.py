@@ -116,5 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``convserve-benchmark`` entry point: ``main`` behind the one-line error edge."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -42,5 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     return export_and_report(source, request)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``convserve-export-onnx`` entry point: ``main`` behind the one-line error edge."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

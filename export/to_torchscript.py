@@ -20,5 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     return export_and_report(source, base_request(args, ["torchscript"]))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``convserve-export-torchscript`` entry point: ``main`` behind the one-line error edge."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()
