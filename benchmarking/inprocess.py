@@ -100,7 +100,8 @@ def _nvidia_smi_mb() -> float | None:
 def measure(spec: InProcessSpec) -> InProcessResult:
     import onnxruntime  # noqa: F401  every backend's process holds both runtimes: the baselines compare
 
-    from serving.backends import default_threads, share_cores
+    from hardware.cpu_share import default_threads
+    from serving.backends import share_cores
     from serving.classifier import Classifier
 
     wall = time.perf_counter()

@@ -40,7 +40,8 @@ from common.devices import choose_device
 from common.errors import ConvserveError
 from common.files import write_text_atomic
 from export.artifact import ModelCard, read_card
-from serving.backends import AUTO_ORDER, default_threads
+from hardware.cpu_share import default_threads
+from serving.backends import AUTO_ORDER
 from serving.loadgen import read_payloads
 from training.checkpoint import Checkpoint, load_checkpoint
 from training.models import model_from_checkpoint

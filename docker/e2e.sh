@@ -129,11 +129,13 @@ ensure_build_settings() {
 
 build_images() {
     local name file start
-    for name in train serve; do
-        file="docker/Dockerfile.$name"
+    # export: the serving image with training/ and its libraries (checkpoint -> ONNX, the load test's digits)
+    for name in train serve export; do
+        file="docker/Dockerfile.$name" with_training=0
+        [ "$name" = export ] && file=docker/Dockerfile.serve with_training=1
         start=$SECONDS
         say "building convserve-$name:$CONVSERVE_TAG (log $WORK/build-$name.log)"
-        docker build --network host -f "$file" -t "convserve-$name:$CONVSERVE_TAG" \
+        docker build --network host -f "$file" -t "convserve-$name:$CONVSERVE_TAG" --build-arg WITH_TRAINING=$with_training \
             --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg TORCH_INDEX_URL="${TORCH_INDEX_URL-https://download.pytorch.org/whl/cpu}" \
             --build-arg PIP_INDEX_URL="${PIP_INDEX_URL:-}" --build-arg PIP_EXTRA_INDEX_URL="${PIP_EXTRA_INDEX_URL:-}" \
             --build-arg PIP_TRUSTED_HOST="${PIP_TRUSTED_HOST:-}" --build-arg PIP_FIND_LINKS="${PIP_FIND_LINKS:-}" \
@@ -171,8 +173,8 @@ serve() {
 
 predict() {
     local key
-    # A real 8x8 digit of the embedded dataset, scaled as the trainer scales it; made inside the image.
-    "${COMPOSE[@]}" exec -T serve python -c \
+    # A real 8x8 digit of the embedded dataset, scaled as the trainer scales it; made in the export image.
+    "${COMPOSE[@]}" run -T --rm --no-deps --entrypoint python export -c \
         'import io,sys; from PIL import Image; from sklearn.datasets import load_digits; d=load_digits(); b=io.BytesIO(); Image.fromarray((d.images[7]*255/16).round().astype("uint8")).save(b,"PNG"); sys.stdout.buffer.write(b.getvalue()); print(d.target[7], file=sys.stderr)' \
         >"$WORK/digit.png" 2>"$WORK/digit.label"
     key=$("${COMPOSE[@]}" exec -T serve python -c \

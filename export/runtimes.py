@@ -100,5 +100,3 @@ class TorchScriptBackend(TorchModuleBackend):
         except (RuntimeError, ValueError, OSError) as exc:
             raise ConvserveError(f"cannot load TorchScript model {path}: {first_line(exc)}") from None
         super().__init__(model, device, threads)
-
-

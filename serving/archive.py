@@ -9,8 +9,9 @@ import argparse
 from pathlib import Path
 
 from common.errors import run_cli
+from serving.archive_settings import ArchiveSettings, HandlerSettings
 from serving.backends import BACKENDS
-from serving.model_archive import ARCHIVE_FORMATS, ArchiveSettings, build_archive
+from serving.model_archive import ARCHIVE_FORMATS, build_archive
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         min_workers=low,
         max_workers=max(low, args.max_workers or 0) if low else None,
         response_timeout_s=args.response_timeout,
-        threads=args.threads,
+        handler=HandlerSettings(threads=args.threads),
     )
     path = build_archive(
         args.artifact_dir, args.model_name, args.export_path, args.backend, args.force, settings, args.archive_format

@@ -436,29 +436,29 @@ def deployed_steps() -> list[tuple[str, str, str]]:
                 words = container.get("command", []) + container.get("args", [])
                 if "/app/docker/pipeline.sh" in words:
                     step = words[words.index("/app/docker/pipeline.sh") + 1]
-                    variant = "train" if container["image"].endswith("-train") else "serve"
+                    image = container["image"]
+                    variant = {"-train": "train", "-export": "serve-with-training"}.get(
+                        image[image.rfind("-") :], "serve"
+                    )
                     found.append((f"k8s {path.name} {container['name']}", step, variant))
     return found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="compose's export and loadtest services and the k8s Job's export container run pipeline.sh export "
-    "(checkpoint -> ONNX, which needs training/ and torchvision) and loadtest (digits from scikit-learn) in the "
-    "default serving image, and docker/e2e.sh makes its digit there with scikit-learn; they need an image built "
-    "with WITH_TRAINING=1 (or the steps move to the train image)",
-)
 def test_compose_and_k8s_run_each_step_in_an_image_that_can(built):
     found = deployed_steps()
     assert {step for _, step, _ in found} == {"train", "export", "serve", "loadtest"}
     wrong = [(where, step, variant) for where, step, variant in found if step not in IMAGE_STEPS[variant]]
-    # docker/e2e.sh's own python in the running serve container
+    # docker/e2e.sh's own python: in the running serve container (exec) or a one-off export container (run)
     e2e = (ROOT / "docker" / "e2e.sh").read_text()
-    for service, code in re.findall(r"exec -T (\w+) python -c\s*(?:\\\n\s*)?'([^']*)'", e2e):
-        assert service == "serve"
+    inline = re.findall(
+        r"(exec -T|run -T --rm --no-deps --entrypoint python) (\w+) (?:python )?-c\s*(?:\\\n\s*)?'([^']*)'", e2e
+    )
+    assert len(inline) == 2, inline
+    for how, service, code in inline:
+        variant = {"serve": "serve", "export": "serve-with-training"}[service]
         wrong += [
-            (f"e2e.sh exec {service}", p, "serve")
-            for p in unmet(set().union(*imports(ast.parse(code))), built["serve"])
+            (f"e2e.sh {how} {service}", p, variant)
+            for p in unmet(set().union(*imports(ast.parse(code))), built[variant])
         ]
     assert not wrong, wrong
 

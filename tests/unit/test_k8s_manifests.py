@@ -257,7 +257,7 @@ def test_gpu_overlay_asks_for_gpus_and_cpu_overlay_does_not(rendered):
     for name in ("convserve-serve/torchserve", "convserve-train/train", "convserve-train-ddp/torchrun"):
         assert on_gpu[name] == "1", name
     images = {c["image"] for w in rendered["gpu"] if w["kind"] in WORKLOADS for c in all_containers(pod_spec(w))}
-    assert images == {"convserve-serve:gpu", "convserve-train:gpu"}
+    assert images == {"convserve-serve:gpu", "convserve-train:gpu", "convserve-export:gpu"}
 
 
 def properties_keys(path: Path) -> set[str]:
