@@ -17,9 +17,9 @@ from benchmarking.results import Batching, LoadCpu, ServedResult, ServedSkip
 from benchmarking.stock import build_stock_archive, stock_unsupported
 from common.errors import ConvserveError, first_line
 from export.artifact import read_card
+from serving.archive_builder import build_archive
 from serving.archive_settings import ArchiveSettings, HandlerSettings
 from serving.loadgen import LoadPlan, LoadResult, Payload, run_load_sync
-from serving.model_archive import build_archive
 from serving.torchserve_process import ServerSettings, TorchServeProcess, free_port
 
 STOCK = "stock"

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from common.errors import CliParser
-from export.onnx_export import ExportFailed
+from export.onnx_conversion import ExportFailed
 from export.parity import ParityError
 from export.pipeline import ExportRequest, run_export
 from export.sources import TORCHVISION_ARCHS, ExportSource, checkpoint_source, torchvision_source

@@ -29,7 +29,7 @@ from export.artifact import (
 )
 from export.check_images import CheckImages, collect_check_images, dataset_split
 from export.destination import Claim, claim_folder
-from export.onnx_export import export_onnx, file_opset, quantize_int8
+from export.onnx_conversion import export_onnx, file_opset, quantize_int8
 from export.parity import (
     FP16,
     FP32,
@@ -44,7 +44,7 @@ from export.parity import (
     run_batched,
 )
 from export.sources import RANDOM_WEIGHTS, ExportSource, random_weights_note
-from export.torchscript_export import export_torchscript
+from export.torchscript_conversion import export_torchscript
 from training.checkpoint import save_checkpoint
 from training.models import model_from_checkpoint
 

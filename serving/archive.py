@@ -9,9 +9,9 @@ import argparse
 from pathlib import Path
 
 from common.errors import run_cli
+from serving.archive_builder import ARCHIVE_FORMATS, build_archive
 from serving.archive_settings import ArchiveSettings, HandlerSettings
 from serving.backends import BACKENDS
-from serving.model_archive import ARCHIVE_FORMATS, build_archive
 
 
 def build_parser() -> argparse.ArgumentParser:

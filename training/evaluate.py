@@ -13,7 +13,7 @@ from common.errors import CliParser, ConvserveError, run_cli
 from training.checkpoint import load_checkpoint
 from training.config import DATASETS
 from training.data.registry import build_eval_split, data_config_for
-from training.engine.evaluate import evaluate
+from training.engine.evaluation import evaluate
 from training.models import model_from_checkpoint
 
 

@@ -29,7 +29,7 @@ from training.data import DataBundle, build_datasets
 from training.data.presets import BatchCollate
 from training.engine.distributed import DistInfo, ShardSampler, broadcast_object, init_distributed, shutdown_distributed
 from training.engine.ema import WeightAverage
-from training.engine.evaluate import EvalResult, evaluate
+from training.engine.evaluation import EvalResult, evaluate
 from training.engine.precision import PrecisionChoice, resolve_precision
 from training.engine.throughput import training_rate
 from training.engine.train_loop import train_one_epoch

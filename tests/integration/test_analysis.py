@@ -121,7 +121,7 @@ def test_predict_bad_input_is_a_one_line_error(digits_run, tmp_path, digit_image
 
 
 def test_predict_answers_the_same_from_checkpoint_artifact_and_torchserve(digits_run, digit_images, photos, tmp_path):
-    from serving.model_archive import build_archive
+    from serving.archive_builder import build_archive
     from serving.torchserve_process import ServerSettings, TorchServeProcess, free_port
     from tests.serving_helpers import build_artifact
 

@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from serving.archive_builder import build_archive
 from serving.archive_settings import ArchiveSettings
 from serving.handler import BATCH_HEADER
-from serving.model_archive import build_archive
 from serving.torchserve_process import (
     ServerSettings,
     ServerStartError,

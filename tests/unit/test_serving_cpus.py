@@ -12,8 +12,8 @@ import pytest
 import hardware.cpu_share as cpu_share
 from benchmarking.machine import describe_machine
 from hardware.cpus import usable_cpus
+from serving.archive_builder import HANDLER, OUR_PACKAGES, REPO, module_closure
 from serving.handler import ConvserveHandler
-from serving.model_archive import HANDLER, OUR_PACKAGES, REPO, module_closure
 
 ROOT = Path(cpu_share.__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ from common.errors import ConvserveError
 from training.checkpoint import Checkpoint, load_checkpoint
 from training.config import DataConfig
 from training.data.registry import build_eval_split, data_config_for
-from training.engine.evaluate import EvalResult, evaluate
+from training.engine.evaluation import EvalResult, evaluate
 from training.models import model_from_checkpoint
 
 
