@@ -6,13 +6,15 @@ lowest failing rate until they are within ``resolution`` of each other. A step p
 (its result is valid), at least one answer was 2xx, p99 ≤ ``p99_ms`` and the error rate ≤ ``max_error_rate``.
 
 Bounded: at most ``max_steps`` steps, and no step starts that could end after ``max_total_s`` (a step takes its
-duration plus, at worst, the request timeout to drain). A step the client could not generate ends the search:
-what the server would do at that rate is unknown, and the report says so.
+duration plus, at worst, the request timeout to drain). A step the client could not generate runs once more
+(a stall of a shared machine passes); twice in a row ends the search: what the server would do at that rate is
+unknown, and the report says so.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from typing import Literal
@@ -86,10 +88,12 @@ def find_capacity(
     max_total_s: float = 600.0,
     resolution: float = 0.1,
     min_rate: float = 0.1,
+    warmup_s: float | None = 1.0,
     on_step: Callable[[CapacityStep], None] | None = None,
 ) -> CapacityResult:
     """Search the rate (see the module docstring); ``base`` gives the URL, bodies, arrivals and per-request
-    settings, its rate and duration are replaced per step. ``on_step`` sees each step as it ends."""
+    settings, its rate and duration are replaced per step; each step starts with ``warmup_s`` seconds of
+    uncounted arrivals at its rate (None: ``base.warmup`` arrivals). ``on_step`` sees each step as it ends."""
     _check(p99_ms, max_error_rate, start_rate, max_rate, step_duration_s, max_steps, max_total_s, resolution)
     deadline = time.monotonic() + max_total_s
     passed: list[float] = []
@@ -104,20 +108,26 @@ def find_capacity(
         if (passed and failed and min(failed) - max(passed) <= resolution * max(passed)) or rate < min_rate:
             stopped_by = "converged" if passed else "nothing_passed"
             break
+        warmup = base.warmup if warmup_s is None else math.ceil(rate * warmup_s)
         left = deadline - time.monotonic()
-        if step_duration_s + base.timeout_s > left:
+        if warmup / rate + step_duration_s + base.timeout_s > left:
             stopped_by = "max_duration"
             break
-        plan = dataclasses.replace(base, rate=rate, duration_s=step_duration_s, max_duration_s=left)
+        plan = dataclasses.replace(base, rate=rate, duration_s=step_duration_s, warmup=warmup, max_duration_s=left)
         result = run_open_loop_sync(plan)
         ok, why = judge(result, p99_ms, max_error_rate)
         step = CapacityStep(rate=rate, passed=ok, why=why, result=result)
         steps.append(step)
         if on_step is not None:
             on_step(step)
-        if result.client_lagged or result.stopped_by == "hard_cap":
-            stopped_by = "client" if result.client_lagged else "max_duration"
+        if result.stopped_by == "hard_cap":
+            stopped_by = "max_duration"
             break
+        if result.client_lagged:  # once may be a stall of a shared machine: the same rate runs again
+            if len(steps) > 1 and steps[-2].rate == rate and steps[-2].result.client_lagged:
+                stopped_by = "client"
+                break
+            continue
         (passed if ok else failed).append(rate)
     capacity = max(passed, default=None)
     return CapacityResult(

@@ -173,8 +173,9 @@ TRAINING_ONLY = {"torchvision", "tensorboard", "scikit-learn", "scikit-image", "
 # Installed in the serving image to run as programs (TorchServe's frontend and workers, the archiver), not imported.
 PROGRAMS = {"torchserve", "torch-model-archiver"}
 # Packages that imports inside functions may find missing, by file: the eager backend's model builders, whose
-# absence serving/backends.py reports as "the eager backend needs the convserve training package".
-OPTIONAL_LAZY = {"serving/backends.py": {"training"}}
+# absence serving/backends.py reports as "the eager backend needs the convserve training package"; the load test's
+# latency plot, whose absence serving/latency_plot.py reports (results.json and .csv are written without it).
+OPTIONAL_LAZY = {"serving/backends.py": {"training"}, "serving/latency_plot.py": {"matplotlib"}}
 
 
 def dist_name(name: str) -> str:
