@@ -1,0 +1,242 @@
+"""Start the v2 server (serving/kserve_server.py: KServe's ModelServer) in a process of its own, return once the model
+REALLY answers, stop it on request: the lifecycle serve.py gives TorchServe, for the Open Inference Protocol.
+
+Ready means: GET /v2/health/ready says so (only once the model is loaded) AND one real v2 inference of a small PNG
+answers 200 with both outputs. A model that cannot load ends the start at once with its reason.
+
+This module never imports kserve (importing it parses sys.argv); the server process does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from common.errors import ConvserveError
+from common.files import write_text_atomic
+from serving.classifier import TOP_K
+from serving.request_gate import MIN_TOKEN_LENGTH
+from serving.torchserve_process import (
+    ServerStartError,
+    is_loopback,
+    port_is_free,
+    probe_png,
+    stop_group,
+    url_host,
+)
+from serving.v2_protocol import INPUT, LABELS, PROBABILITIES, json_request
+
+TOKEN_ENV = "CONVSERVE_TOKEN"
+# Test-only: seconds the server process waits before loading the model, so tests can see "not ready" answered.
+TEST_LOAD_DELAY_ENV = "CONVSERVE_TEST_ONLY_LOAD_DELAY_S"
+LOAD_FAILED = "convserve: the model failed to load:"
+
+
+class V2ServerSettings(BaseModel):
+    """What the server process is told (written to RUN_DIR/settings.json; the token travels in $CONVSERVE_TOKEN)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    artifact: Path
+    model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    backend: str = "auto"
+    threads: int | None = Field(None, ge=1)
+    top_k: int = Field(TOP_K, ge=1)
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)
+
+
+def check_token(settings: V2ServerSettings, token: str | None) -> None:
+    """Beyond loopback only with a token, and never a short one."""
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        raise ConvserveError(f"the bearer token is shorter than {MIN_TOKEN_LENGTH} characters")
+    if token is None and not is_loopback(settings.host):
+        raise ConvserveError(
+            f"listening on {settings.host} (beyond loopback) needs a bearer token: --token-file FILE or ${TOKEN_ENV}"
+            " (make one with: openssl rand -hex 32)"
+        )
+
+
+class KServeProcess:
+    """``with KServeProcess(settings, run_dir) as server: httpx.post(server.infer_url, ...)``."""
+
+    def __init__(
+        self,
+        settings: V2ServerSettings,
+        run_dir: Path | None = None,
+        token: str | None = None,
+        startup_timeout: float = 300.0,
+    ):
+        check_token(settings, token)
+        self.settings = settings
+        self.token = token
+        self.startup_timeout = startup_timeout
+        self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix="convserve-v2-")).resolve()
+        self.proc: subprocess.Popen | None = None
+        self.startup_seconds: float | None = None
+
+    # addresses -----------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """Where a local client reaches the server (a wildcard bind is reached on loopback)."""
+        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "::") else self.settings.host
+        return f"http://{url_host(host)}:{self.settings.port}"
+
+    @property
+    def infer_url(self) -> str:
+        return f"{self.url}/v2/models/{self.settings.model_name}/infer"
+
+    @property
+    def v1_url(self) -> str:
+        return f"{self.url}/v1/models/{self.settings.model_name}:predict"
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    # lifecycle -----------------------------------------------------------------------------------
+    def __enter__(self) -> KServeProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> KServeProcess:
+        """Launch and return once the model answers (the process stopped if it never does)."""
+        started = time.perf_counter()
+        self.launch()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.perf_counter() - started
+        return self
+
+    def launch(self) -> None:
+        """Start the server process and return at once (``wait_ready`` waits for the model)."""
+        s = self.settings
+        if not port_is_free(s.host, s.port):
+            raise ConvserveError(f"port {s.port} on {s.host} is in use; pick another with --port")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        settings_file = self.run_dir / "settings.json"
+        write_text_atomic(settings_file, s.model_dump_json(indent=1) + "\n")
+        env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
+        if self.token:
+            env[TOKEN_ENV] = self.token
+        cmd = [sys.executable, "-m", "serving.kserve_server", str(settings_file)]
+        with open(self.run_dir / "console.log", "wb") as console:
+            # a session of its own: stop() signals the server and anything it started as one group
+            self.proc = subprocess.Popen(
+                cmd, cwd=_source_root(), env=env, stdout=console, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        state = {"pgid": self.proc.pid, "url": self.url, "model": s.model_name}
+        write_text_atomic(self.run_dir / "server.json", json.dumps(state, indent=1) + "\n")
+
+    def console_text(self) -> str:
+        path = self.run_dir / "console.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_ready(self) -> None:
+        timeout = self.startup_timeout
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=10.0) as client:
+            while not self._ready(client):
+                if time.monotonic() > deadline:
+                    raise ServerStartError(f"the model was not ready after {timeout:.0f} s:\n{self._tail()}")
+                time.sleep(0.2)
+            self._probe(client)
+
+    def _ready(self, client: httpx.Client) -> bool:
+        if self.proc.poll() is not None:
+            failed = [ln for ln in self.console_text().splitlines() if ln.startswith(LOAD_FAILED)]
+            if failed:
+                raise ServerStartError(failed[-1].replace("convserve: ", "", 1))
+            raise ServerStartError(f"the v2 server exited with code {self.proc.returncode}:\n{self._tail()}")
+        try:
+            return client.get(f"{self.url}/v2/health/ready").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def _probe(self, client: httpx.Client) -> None:
+        resp = client.post(self.infer_url, json=json_request([probe_png()]), headers=self.auth_headers(), timeout=60.0)
+        names = [o.get("name") for o in resp.json().get("outputs", [])] if resp.status_code == 200 else []
+        if names != [LABELS, PROBABILITIES]:
+            raise ServerStartError(f"the first inference failed: HTTP {resp.status_code} {resp.text[:300]}")
+
+    def _tail(self, lines: int = 25) -> str:
+        return "\n".join(self.console_text().splitlines()[-lines:])
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM the server's process group, SIGKILL what is left after ``timeout``."""
+        if self.proc is not None:
+            stop_group(self.proc.pid, timeout, reap=self.proc.poll)
+            self.proc.wait()
+            self.proc = None
+        (self.run_dir / "server.json").unlink(missing_ok=True)
+
+
+def _source_root() -> Path:
+    """The folder holding the serving package, so ``python -m serving.kserve_server`` finds it from anywhere."""
+    return Path(__file__).resolve().parents[1]
+
+
+def usage_text(server: KServeProcess) -> str:
+    """What to tell a person once the server answers: where, how to call it, how to stop it."""
+    s = server.settings
+    auth = '-H "Authorization: Bearer $CONVSERVE_TOKEN" ' if server.token else ""
+    lines = [f"KServe ModelServer (Open Inference Protocol v2) ready in {server.startup_seconds:.1f} s"]
+    lines.append(f"  {s.model_name}: POST {server.infer_url}   (v1: POST {server.v1_url})")
+    if server.token:
+        lines.append(f"  bearer token required on every route but /v2/health/* (listening on {s.host})")
+    body = (
+        f'{{"inputs":[{{"name":"{INPUT}","datatype":"BYTES","shape":[1],"data":["\'"$(base64 -w0 photo.jpg)"\'"]}}]}}'
+    )
+    lines.append(f"  try: curl {auth}-H 'Content-Type: application/json' -d '{body}' {server.infer_url}")
+    lines.append(f"  health {server.url}/v2/health/ready, metadata {server.url}/v2/models/{s.model_name}")
+    lines.append(f"  metrics {server.url}/metrics; log in {server.run_dir / 'console.log'}")
+    return "\n".join(lines)
+
+
+def _group_running(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_v2_server(server: KServeProcess, foreground: bool, say=print) -> int:
+    """Start and wait until ready; foreground: serve until SIGINT/SIGTERM, then stop. Returns an exit code."""
+    run_dir = server.run_dir
+    state = run_dir / "server.json"
+    if state.exists() and _group_running(int(json.loads(state.read_text())["pgid"])):
+        raise ConvserveError(f"a server started from {run_dir} is still running; stop it with --stop --run-dir")
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    server.start()
+    say(usage_text(server))
+    if not foreground:
+        say(f"  stop: python serving/serve_v2.py --stop --run-dir {run_dir}")
+        return 0
+    say("  serving in the foreground; Ctrl-C stops it")
+    try:
+        code = server.proc.wait()
+        say(f"the v2 server exited by itself with code {code}; see {server.run_dir / 'console.log'}")
+        return 1
+    finally:
+        server.stop()
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,191 @@
+"""The v2 server process: KServe's ModelServer serving one ClassifierModel, the model loading in the background.
+
+    python -m serving.kserve_server RUN_DIR/settings.json      (the token, if any, in $CONVSERVE_TOKEN)
+
+serving/kserve_process.py starts it; nothing else imports it (importing kserve parses sys.argv: kserve.model_server
+reads its own flags at import).
+
+Where this departs from KServe 0.21's defaults, and why:
+- the REST server binds the host it is given (KServe's binds 0.0.0.0 whatever it is asked);
+- GET /v2/health/ready is true only once the model is loaded, as the protocol defines server readiness (KServe's
+  answers true as soon as the server runs: its ModelServer normally starts with loaded models only; this one
+  starts first, so the health routes answer while the model loads);
+- elements of a BYTES tensor sent with the binary data extension stay raw bytes (KServe turns them into UTF-8
+  text, which encoded images are not, and answers 500);
+- a malformed request is a 400 ``{"error": ...}`` (KServe answers some with 500, FastAPI with 422 ``{"detail"}``);
+- no gRPC server: REST only, so nothing listens that the token does not guard.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from kserve import InferInput, InferRequest, ModelServer
+from kserve.model_server import app
+from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.infer_type import RequestedOutput
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from common.errors import InputError, one_line
+from serving.kserve_model import HOW_TO, ClassifierModel
+from serving.kserve_process import LOAD_FAILED, TEST_LOAD_DELAY_ENV, TOKEN_ENV, V2ServerSettings
+from serving.request_gate import RequestGate
+from serving.v2_protocol import BINARY_HEADER
+
+log = logging.getLogger("convserve")
+
+
+class ReadyWhenLoaded(DataPlane):
+    """KServe's data plane with the protocol's readiness and a raw-bytes reading of binary tensor data."""
+
+    async def ready(self) -> bool:
+        models = list(self.model_registry.get_models().values())
+        return bool(models) and all([await model.healthy() for model in models])
+
+    def decode(self, body: Any, headers: dict, protocol_version: str = "v1", model_name: str | None = None):
+        try:
+            return super().decode(body, headers, protocol_version, model_name)
+        except (KeyError, TypeError, ValueError, IndexError, struct.error) as exc:  # KServe's InvalidInput too
+            raise InputError(f"malformed inference request: {one_line(exc)}") from None
+
+    def decode_inference_request(self, body: Any, headers: dict, model_name: str) -> InferRequest:
+        if not isinstance(body, bytes):
+            return super().decode_inference_request(body, headers, model_name)
+        return parse_binary_request(body, headers.get(BINARY_HEADER.lower()), model_name)
+
+
+def parse_binary_request(body: bytes, header_length: str | None, model_name: str) -> InferRequest:
+    """A request in the binary data extension's form: JSON of ``header_length`` bytes, then each binary input's
+    ``binary_data_size`` bytes in order. Without the header the whole body is JSON (what FastAPI left unparsed
+    because no JSON Content-Type came with it)."""
+    if header_length is not None and (not header_length.strip().isdigit() or not 0 < int(header_length) <= len(body)):
+        raise InputError(f"{BINARY_HEADER} {header_length!r} does not fit a body of {len(body)} bytes")
+    length = len(body) if header_length is None else int(header_length)
+    try:
+        document = orjson.loads(body[:length])
+    except orjson.JSONDecodeError:
+        if header_length is None:
+            raise InputError(f"the body is not JSON and has no {BINARY_HEADER} header: {HOW_TO}") from None
+        raise InputError(f"the first {length} bytes ({BINARY_HEADER}) are not JSON") from None
+    if not isinstance(document, dict) or not isinstance(document.get("inputs"), list):
+        raise InputError('the JSON part of the request needs "inputs": [...]')
+    inputs, raw, offset = [], [], length
+    for index, spec in enumerate(document["inputs"]):
+        if not isinstance(spec, dict) or not {"name", "datatype", "shape"} <= spec.keys():
+            raise InputError(f"inputs[{index}] needs name, datatype and shape")
+        parameters = spec.get("parameters") or {}
+        inputs.append(InferInput(str(spec["name"]), spec["shape"], str(spec["datatype"]), spec.get("data"), parameters))
+        size = parameters.get("binary_data_size") if "data" not in spec else None
+        if "data" not in spec and (not isinstance(size, int) or size < 0 or offset + size > len(body)):
+            raise InputError(
+                f"inputs[{index}]: binary_data_size {size!r} does not fit the {len(body) - offset} bytes left"
+            )
+        raw.append(body[offset : offset + size] if size is not None else None)
+        offset += size or 0
+    if offset != len(body):
+        raise InputError(f"{len(body) - offset} bytes after the last binary input")
+    outputs = [_requested(index, spec) for index, spec in enumerate(document.get("outputs") or [])]
+    return InferRequest(
+        model_name,
+        inputs,
+        request_id=document.get("id"),
+        raw_inputs=raw if any(r is not None for r in raw) else None,
+        parameters=document.get("parameters"),
+        request_outputs=outputs or None,
+    )
+
+
+def _requested(index: int, spec: Any) -> RequestedOutput:
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise InputError(f"outputs[{index}] needs a name")
+    return RequestedOutput(str(spec["name"]), spec.get("parameters"))
+
+
+class BoundModelServer(ModelServer):
+    """KServe's ModelServer, REST only, listening on ``host``, with the readiness the protocol defines."""
+
+    def __init__(self, host: str, port: int):
+        super().__init__(http_port=port, enable_grpc=False, workers=1, enable_latency_logging=False)
+        self.host = host
+        self.dataplane = ReadyWhenLoaded(model_registry=self.registered_models)
+
+    def setup_event_loop(self) -> None:
+        # start() has built its REST server by now, with host 0.0.0.0; uvicorn reads the host when it serves
+        self._rest_server.config.host = self.host
+        super().setup_event_loop()
+
+
+async def _input_error(request: Request, exc: InputError) -> JSONResponse:
+    return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own refusals (unknown route, wrong method, unparsable body) in the protocol's error form."""
+    detail = str(exc.detail)
+    if detail == "There was an error parsing the body":  # FastAPI's words for a JSON body that is not JSON
+        detail = "the body is not valid JSON (or, with the binary data extension, lacks its header)"
+    return JSONResponse({"error": detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """A JSON body that is no inference request: 400 naming the fields (FastAPI would answer 422 {"detail"})."""
+    return JSONResponse({"error": validation_problems(exc.errors())}, status_code=400)
+
+
+def validation_problems(errors: list[dict]) -> str:
+    # the infer route takes an InferenceRequest or bytes: the "bytes" alternative's complaint says nothing
+    relevant = [e for e in errors if tuple(e["loc"][:2]) != ("body", "bytes")] or errors
+    if any(e["type"] == "missing" and tuple(e["loc"]) == ("body",) for e in relevant):
+        return f"empty body: {HOW_TO}"
+    parts = []
+    for e in relevant:
+        where = ".".join(str(p) for p in e["loc"] if p not in ("body", "InferenceRequest"))
+        parts.append(f"{where or 'body'}: {e['msg']}")
+    return "malformed inference request: " + "; ".join(parts)
+
+
+def load_in_background(model: ClassifierModel, delay_s: float) -> threading.Thread:
+    """Load while the server already answers (health says not ready until then); a model that cannot load ends
+    the process with the reason, for serving/kserve_process.py to report."""
+
+    def work() -> None:
+        try:
+            time.sleep(delay_s)
+            model.load()
+        except Exception as exc:  # any reason at all: a server without its model must not stay up
+            print(f"{LOAD_FAILED} {one_line(exc)}", flush=True)
+            os._exit(3)
+        log.info("convserve: model %s loaded", model.name)
+
+    thread = threading.Thread(target=work, name="convserve-load", daemon=True)
+    thread.start()
+    return thread
+
+
+def main(argv: list[str]) -> int:
+    settings = V2ServerSettings.model_validate_json(Path(argv[0]).read_text())
+    model = ClassifierModel(settings.model_name, settings.artifact, settings.backend, settings.threads, settings.top_k)
+    app.add_middleware(RequestGate, token=os.environ.get(TOKEN_ENV) or None, max_body_bytes=settings.max_body_bytes)
+    app.add_exception_handler(InputError, _input_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    server = BoundModelServer(settings.host, settings.port)
+    server.register_model(model)  # registered unloaded: start([model]) would refuse a model that is not ready
+    load_in_background(model, float(os.environ.get(TEST_LOAD_DELAY_ENV) or 0))
+    server.start([])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
