@@ -50,7 +50,7 @@ class OpenLoopPlan:
     token: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     timeout_s: float = 30.0  # per request, from its actual send
-    max_in_flight: int = 256  # arrivals beyond it are dropped (and the result marked invalid)
+    max_in_flight: int = 512  # arrivals beyond it are dropped (and the result marked invalid)
     late_ms: float = 10.0  # a send later than this after its due time is late
     max_late_fraction: float = 0.01  # more late sends than this marks the result invalid
     max_duration_s: float = 600.0  # hard cap on the whole run, drain included
@@ -239,6 +239,18 @@ class _Counters:
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
             self.error = f"cannot read server metrics from {self.url}: {first_line(exc)}"
 
+    async def read_settled(self, session: aiohttp.ClientSession, settle_s: float = 0.1, limit_s: float = 2.0) -> None:
+        """The last reading: TorchServe counts a request just after answering it, so the page is read again until
+        two readings ``settle_s`` apart agree (for at most ``limit_s``)."""
+        await self.read(session)
+        deadline = time.perf_counter() + limit_s
+        while self.error is None and self.url is not None and time.perf_counter() < deadline:
+            await asyncio.sleep(settle_s)
+            last = self.readings.pop()
+            await self.read(session)
+            if self.error is None and self.readings[-1] == last:
+                return
+
     def split(self) -> ServerSplit | None:
         return split(*self.readings) if len(self.readings) == 2 and self.error is None else None
 
@@ -285,7 +297,7 @@ async def run_open_loop(plan: OpenLoopPlan) -> OpenLoopResult:
             stopped_by = "hard_cap" if pending else stopped_by
         if scrape_task is not None:
             await scrape_task
-        await counters.read(s)
+        await counters.read_settled(s)
     return _result(plan, offsets, first, t0, tally, counters, started_at, stopped_by)
 
 

@@ -163,15 +163,36 @@ def test_batch_header_matches_the_handler():
     assert BATCH_HEADER == HANDLER_HEADER
 
 
-def test_locustfile_runs_headless(server, images, tmp_path):
-    """The documented headless command, shortened, against the loopback server (no failures expected)."""
+def run_locust(server: PatternServer, images: list[Path], tmp_path: Path, *extra: str, seconds: int = 6):
     locust = Path(sys.executable).with_name("locust")
     env = dict(os.environ, CONVSERVE_IMAGES=os.pathsep.join(map(str, images)), CONVSERVE_MODEL="ok")
     cmd = [str(locust), "-f", str(REPO / "serving" / "locustfile.py"), "--headless", "-u", "2", "-r", "2"]
-    cmd += ["-t", "6s", "--host", f"http://127.0.0.1:{server.port}", "--csv", str(tmp_path / "run"), "--only-summary"]
-    before = server.counts.get("ok", 0)
-    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
+    cmd += ["-t", f"{seconds}s", "--host", f"http://127.0.0.1:{server.port}", "--csv", str(tmp_path / "run")]
+    cmd += ["--only-summary", *extra]
+    return subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+
+def locust_counts(tmp_path: Path) -> tuple[int, int]:
     rows = {r["Name"]: r for r in csv.DictReader((tmp_path / "run_stats.csv").open())}
-    assert int(rows["/predictions/ok"]["Request Count"]) > 0 and rows["/predictions/ok"]["Failure Count"] == "0"
+    return int(rows["/predictions/ok"]["Request Count"]), int(rows["/predictions/ok"]["Failure Count"])
+
+
+def test_locustfile_runs_headless(server, images, tmp_path):
+    """The documented headless command, shortened, against the loopback server (no failures expected)."""
+    before = server.counts.get("ok", 0)
+    done = run_locust(server, images, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    count, failures = locust_counts(tmp_path)
+    assert count > 0 and failures == 0
     assert server.counts["ok"] > before
+
+
+def test_locustfile_paces_users_at_user_rate(server, images, tmp_path):
+    """--user-rate 2: each of the 2 users starts at most 2 requests a second (the loopback server answers in far
+    less than the 0.5 s pacing, so unpaced users would send hundreds)."""
+    done = run_locust(server, images, tmp_path, "--user-rate", "2", seconds=4)
+    assert done.returncode == 0, done.stderr[-2000:]
+    count, failures = locust_counts(tmp_path)
+    assert 1 <= count <= 2 * (2 * 4 + 1) and failures == 0
+    bad = run_locust(server, images, tmp_path, "--user-rate", "-1", seconds=1)
+    assert bad.returncode != 0 and "--user-rate takes requests per second" in bad.stderr
