@@ -5,9 +5,11 @@
 #   pipeline.sh export                   ONNX artifact + TorchServe archive, unless the archive exists
 #   pipeline.sh loadtest [LOADTEST FLAGS...]  serving/loadtest.py with real digit PNGs and the server's token
 #                                        (read from $CONVSERVE_KEY_FILE, the serve container's run folder)
-#   pipeline.sh serve [SERVE FLAGS...]   TorchServe with the archive, in the foreground, on
-#                                        $CONVSERVE_SERVE_HOST:$CONVSERVE_SERVE_PORT (0.0.0.0:8080); its run
-#                                        folder ($CONVSERVE_SERVE_DIR) holds logs and key_file.json
+#   pipeline.sh serve [SERVE FLAGS...]   the model in the foreground on $CONVSERVE_SERVE_HOST:$CONVSERVE_SERVE_PORT
+#                                        (0.0.0.0:8080), by $CONVSERVE_SERVER: torchserve (default: the archive
+#                                        through serving/serve.py; its run folder $CONVSERVE_SERVE_DIR holds logs
+#                                        and key_file.json) or kserve (the artifact through serving/serve_v2.py,
+#                                        the Open Inference Protocol; beyond loopback it needs $CONVSERVE_TOKEN)
 # Finished outputs are reused, never overwritten: remove the volume (docker compose down -v) to start over.
 set -eu
 RUN="${CONVSERVE_RUN:-/data/runs/demo}"
@@ -58,9 +60,23 @@ case "$step" in
     serve)
         # A run folder left by an earlier container (a persistent volume) holds a stale server.json.
         rm -f "$SERVE_DIR/server.json"
-        exec python serving/serve.py --model-store "$STORE" --models "$MODEL=$MODEL.mar" \
-            --host "${CONVSERVE_SERVE_HOST:-0.0.0.0}" --port "${CONVSERVE_SERVE_PORT:-8080}" \
-            --run-dir "$SERVE_DIR" --foreground "$@"
+        case "${CONVSERVE_SERVER:-torchserve}" in
+            torchserve)
+                exec python serving/serve.py --model-store "$STORE" --models "$MODEL=$MODEL.mar" \
+                    --host "${CONVSERVE_SERVE_HOST:-0.0.0.0}" --port "${CONVSERVE_SERVE_PORT:-8080}" \
+                    --run-dir "$SERVE_DIR" --foreground "$@"
+                ;;
+            kserve)
+                [ -f "$ARTIFACT/model_card.json" ] || { echo "error: no artifact at $ARTIFACT (run the export step first)" >&2; exit 2; }
+                exec python serving/serve_v2.py "$ARTIFACT" --model-name "$MODEL" \
+                    --host "${CONVSERVE_SERVE_HOST:-0.0.0.0}" --port "${CONVSERVE_SERVE_PORT:-8080}" \
+                    --run-dir "$SERVE_DIR" --foreground "$@"
+                ;;
+            *)
+                echo "error: CONVSERVE_SERVER must be torchserve or kserve, not '$CONVSERVE_SERVER'" >&2
+                exit 2
+                ;;
+        esac
         ;;
     loadtest)
         images=/tmp/loadtest-images
