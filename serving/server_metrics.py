@@ -45,7 +45,7 @@ class ServerSplit(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    requests: int  # answered by the server between the two readings (warm-up and stragglers included)
+    requests: int  # answered by the server between the two readings (warm-up requests included)
     server_queue_ms: float
     server_compute_ms: float
 

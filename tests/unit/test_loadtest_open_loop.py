@@ -242,8 +242,18 @@ def test_cli_bad_flag_combinations_are_one_line_errors(argv, words, photos, caps
     assert exited.value.code == 2 and words in err and len(err.strip().splitlines()) == 1
 
 
-def test_cli_bad_values_exit_2_from_the_command_line(photos):
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["--max-in-flight", "0"], "error: --max-in-flight must be at least 1, got 0"),
+        (
+            ["--metrics-url", "ftp://h/metrics"],
+            "error: --metrics-url must be an http(s):// URL (or none), got 'ftp://h/metrics'",
+        ),
+    ],
+)
+def test_cli_bad_values_exit_2_from_the_command_line(photos, argv, line):
     cmd = [sys.executable, "serving/loadtest.py", "--url", "http://127.0.0.1:1/predictions/x"]
-    cmd += ["--images", str(photos["chelsea"]), "--rate", "5", "--max-in-flight", "0"]
+    cmd += ["--images", str(photos["chelsea"]), "--rate", "5", *argv]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and done.stderr.strip() == "error: --max-in-flight must be at least 1, got 0"
+    assert done.returncode == 2 and done.stderr.strip() == line
