@@ -45,7 +45,8 @@ def device_low_precision(device_type: str, native_bf16: bool) -> str:
 
 def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
+        # without including_emulation=False, pre-Ampere GPUs (T4, V100) answer True: bf16 there is emulated
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
     return cpu_native_bf16()
 
 

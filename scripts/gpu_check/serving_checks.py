@@ -1,0 +1,157 @@
+"""From the GPU-trained checkpoint to serving: ONNX fp32 and fp16 and TorchScript exports with their parity
+checks, then serving's Classifier on the device with the eager and TorchScript backends."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from gpu_check.context import Context
+from gpu_check.report import Row, verdict
+from gpu_check.runs import call_cli
+from gpu_check.training_checks import autocast_run
+
+FORMATS = ("onnx", "onnx-fp16", "torchscript")
+# cuDNN runs fp32 convolutions in TF32 by default: ~1e-3 relative differences from the CPU, so an image whose
+# two best classes the CPU scores this close may come out in the other order on the GPU
+TIE = 1e-3
+
+
+def artifact(ctx: Context) -> Path:
+    """model.onnx, model.fp16.onnx and model.ts.pt exported from the autocast run's best.pt (export CLIs)."""
+
+    def make() -> Path:
+        from export import to_onnx, to_torchscript
+
+        ckpt = autocast_run(ctx).folder / "checkpoints" / "best.pt"
+        folder = ctx.work / "artifact"
+        call_cli(to_onnx.main, [str(ckpt), "--output-dir", str(folder), "--fp16"], ctx.log("export"))
+        call_cli(to_torchscript.main, [str(ckpt), "--output-dir", str(folder)], ctx.log("export"))
+        return folder
+
+    return ctx.once("the export of the autocast run's checkpoint", make)
+
+
+def check_export(ctx: Context) -> Row:
+    from export.artifact import read_card
+
+    card = read_card(artifact(ctx))
+    parts, accs, ok = [], [], True
+    for fmt in FORMATS:
+        entry = card.file(fmt)
+        if entry is None or entry.parity is None:
+            parts.append(f"{fmt} missing")
+            ok = False
+            continue
+        p = entry.parity
+        ok = ok and p.passed
+        parts.append(f"{fmt} {'PASS' if p.passed else 'FAIL'} |Δp| {p.max_abs_prob_diff:.1e}")
+        accs.append(f"{entry.test_acc1:.2f}" if entry.test_acc1 is not None else "n/a")
+    images = next((f.parity.images for f in card.files if f.parity), 0)
+    return Row(
+        "export-parity",
+        verdict(ok),
+        f"{'; '.join(parts)} ({images} images); test top-1 {' / '.join(accs)} %",
+        "parity passed for ONNX fp32, ONNX fp16 and TorchScript",
+        "`export/to_onnx.py best.pt --fp16` and `export/to_torchscript.py best.pt` on the checkpoint trained on "
+        f"{ctx.plan.device} (train-autocast); figures from model_card.json's parity fields, which export measures "
+        "on the CPU through serving's own backends (onnxruntime CPU provider, torch.jit) at batch 1 and 16.",
+        {
+            fmt: (card.file(fmt).parity.model_dump() if card.file(fmt) and card.file(fmt).parity else None)
+            for fmt in FORMATS
+        },  # fmt: skip
+    )
+
+
+def check_image_bytes(ctx: Context) -> list[bytes]:
+    """PNG bytes of the checkpoint's own test images (its dataset as loaded for training) and the sample photos."""
+
+    def make() -> list[bytes]:
+        from export.check_images import sample_photo_bytes
+        from training.checkpoint import load_checkpoint
+        from training.data.registry import data_config_for, load_raw
+
+        ckpt = load_checkpoint(autocast_run(ctx).folder / "checkpoints" / "best.pt")
+        cfg, seed = data_config_for(ckpt, None, None)
+        test = load_raw(cfg, seed).test
+        out = []
+        for k in range(min(ctx.plan.check_images, len(test))):
+            pixels = test[k][0]
+            array = pixels[0].numpy() if pixels.shape[0] == 1 else pixels.permute(1, 2, 0).numpy()
+            buf = io.BytesIO()
+            Image.fromarray(array).save(buf, format="PNG")
+            out.append(buf.getvalue())
+        return out + sample_photo_bytes()
+
+    return ctx.once("the check images", make)
+
+
+def agreement(reference: list[dict[str, float]], answers: list[dict[str, float]]) -> int:
+    """Images whose top-1 label matches the CPU's, or where the CPU scores both labels within TIE."""
+    agree = 0
+    for ref, got in zip(reference, answers, strict=True):
+        (ref_label, ref_p), got_label = next(iter(ref.items())), next(iter(got))
+        agree += got_label == ref_label or ref_p - ref.get(got_label, -1.0) <= TIE
+    return agree
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def check_serve(ctx: Context, backend: str) -> Row:
+    from serving.classifier import Classifier
+    from serving.latency_stats import LatencyStats
+
+    plan, folder, images = ctx.plan, artifact(ctx), check_image_bytes(ctx)
+    threads = plan.serve_threads
+    reference = Classifier.from_artifact(folder, backend=backend, device="cpu", threads=threads).predict(images)
+    if plan.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    clf = Classifier.from_artifact(folder, backend=backend, device=plan.device, threads=threads)
+    answers = clf.predict(images)
+    agree = agreement(reference, answers)
+    batch = [images[i % len(images)] for i in range(plan.serve_batch)]
+    for _ in range(3):  # warm-up: cuDNN's algorithm choice, the allocator
+        clf.predict(images[:1])
+        clf.predict(batch)
+    samples = []
+    for i in range(plan.latency_repeats):
+        start = time.perf_counter()
+        clf.predict([images[i % len(images)]])
+        samples.append(time.perf_counter() - start)
+    p50 = LatencyStats.from_seconds(samples).p50_ms
+    start = time.perf_counter()
+    for _ in range(plan.batch_repeats):
+        clf.predict(batch)
+    _sync(plan.device)
+    per_s = plan.batch_repeats * len(batch) / (time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if plan.device == "cuda" else None
+    ok = agree == len(images) and (plan.dry_run or bool(peak))
+    peak_text = f"peak GPU {peak:.0f} MB" if peak else "no GPU memory (CPU)"
+    return Row(
+        f"serve-{backend}",
+        verdict(ok),
+        f"top-1 equal to CPU on {agree}/{len(images)} images; batch-1 p50 {p50:.2f} ms; batch-{len(batch)} "
+        f"{per_s:,.0f} img/s; {peak_text}",
+        "top-1 equal to the CPU on every check image" + ("" if plan.dry_run else "; GPU memory measured"),
+        f"serving.classifier.Classifier.from_artifact(ARTIFACT, backend={backend!r}, device={plan.device!r}) "
+        "against the same backend on the CPU, on encoded PNG bytes (decode, preprocess, model, top-5 as a request "
+        f"is served): {len(images) - 6} test images of the checkpoint's dataset and 6 scikit-image photos. p50 of "
+        f"{plan.latency_repeats} single-image predict() calls; throughput of {plan.batch_repeats} predict() calls "
+        f"of {len(batch)} images (decode and preprocess on the CPU included); peak torch.cuda memory while "
+        f"serving. Top-1 may differ only where the CPU's two best probabilities are within {TIE:g} (TF32).",
+        {
+            "agree": agree,
+            "images": len(images),
+            "p50_ms": p50,
+            "batch": len(batch),
+            "images_per_s": per_s,
+            "peak_gpu_mem_mb": peak,
+        },  # fmt: skip
+    )

@@ -1,0 +1,176 @@
+"""Training-step throughput on a CIFAR-10-shaped set of 50,000 synthetic images: AlexNet at 224 px and ResNet18
+at 32 px, input pipeline resident on the device, channels-last, autocast, optionally torch.compile; images/s,
+seconds per 50,000-image epoch and the share of the GEMM rate measured in the same command."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from common.devices import choose_device
+from gpu_check.context import Context
+from gpu_check.device_input import DeviceAugment, ResidentImages
+from gpu_check.plan import EPOCH_IMAGES, ThroughputCase
+from gpu_check.report import Row, verdict
+from gpu_check.synthetic_cifar import write_synthetic_cifar10
+
+
+@dataclass(frozen=True)
+class CifarSet:
+    images: torch.Tensor  # uint8 (N, 3, 32, 32): the loader's train and val splits together
+    labels: torch.Tensor
+
+
+def synthetic_cifar(ctx: Context) -> CifarSet:
+    """Written once in the real format, read back by training/data's CIFAR-10 loader."""
+
+    def make() -> CifarSet:
+        from training.data.torchvision_sets import load_cifar10
+
+        root = ctx.work / "cifar10"
+        write_synthetic_cifar10(root, ctx.plan.cifar_per_batch)
+        raw = load_cifar10(root, download=False, seed=0)
+        images = torch.cat([raw.train.images, raw.val.images])
+        return CifarSet(images, torch.cat([raw.train.labels, raw.val.labels]))
+
+    return ctx.once("the synthetic CIFAR-10 set", make)
+
+
+@contextlib.contextmanager
+def cudnn_autotune() -> Iterator[None]:
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Timing:
+    steps: int
+    seconds: float
+    loss: float
+    precision: str
+    model: nn.Module
+
+
+def time_training_steps(ctx: Context, case: ThroughputCase, data: CifarSet) -> Timing:
+    """Warm-up steps, then steps until one epoch of ``data`` or the time budget, between two device syncs."""
+    from training.config import build_config
+    from training.data.facts import FACTS
+    from training.data.registry import preprocessing_for
+    from training.engine.precision import resolve_precision
+    from training.models import build_model
+    from training.trainer import make_optimizer
+
+    plan, device = ctx.plan, choose_device(ctx.plan.device)  # cuda:0, as the trainer names it (rates cached)
+    cfg = build_config({}, {"model": case.arch, "dataset": "cifar10", "input_size": case.input_size})
+    pre = preprocessing_for(FACTS["cifar10"], case.arch, case.input_size)
+    m = cfg.model
+    model, _ = build_model(m.arch, 10, pre.input_size, m.activation, m.small_input_stem, m.dropout, False, m.init)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(cfg, model)  # the trainer's: fused AdamW with the model's recipe
+    precision = resolve_precision("auto", device)
+    scaler = precision.scaler(device)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+    forward = torch.compile(model) if plan.compile else model
+    augment = DeviceAugment(pre, device)
+    batches = ResidentImages(data.images, data.labels, device, plan.throughput_batch)
+
+    def step() -> torch.Tensor:
+        images, target = batches.next()
+        with precision.autocast(device) or contextlib.nullcontext():
+            loss = criterion(forward(augment(images)), target)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        return loss
+
+    model.train()
+    with cudnn_autotune():
+        for _ in range(plan.warmup_steps):
+            step()
+        _sync(device)
+        per_epoch = len(data.images) // plan.throughput_batch
+        steps, start = 0, time.perf_counter()
+        # no sync inside the loop: the host runs ahead of the device by the launch queue and no further
+        while steps < per_epoch and time.perf_counter() - start < plan.timed_budget_s:
+            loss = step()
+            steps += 1
+        _sync(device)
+        seconds = time.perf_counter() - start
+    return Timing(steps, seconds, float(loss.detach()), precision.precision, model)
+
+
+def check_throughput(ctx: Context, case: ThroughputCase) -> Row:
+    from training.engine.throughput import training_rate
+
+    plan, device = ctx.plan, choose_device(ctx.plan.device)
+    data = synthetic_cifar(ctx)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t = time_training_steps(ctx, case, data)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+    images_per_s = t.steps * plan.throughput_batch / t.seconds
+    epoch_s = EPOCH_IMAGES / images_per_s
+    speed = training_rate(t.model, case.input_size, device, t.precision, images_per_s)
+    basis = speed["matmul_fraction_basis"]
+    gemm = speed["matmul_gflops_per_s"][basis]
+    fraction = speed["matmul_fraction"]
+    ok = math.isfinite(t.loss) and t.steps > 0 and (plan.dry_run or epoch_s <= case.target_s_per_epoch)
+    compiled = ", torch.compile" if plan.compile else ""
+    peak_text = f"; peak GPU {peak:.0f} MB" if peak else ""
+    return Row(
+        f"throughput-{case.arch}",
+        verdict(ok),
+        f"{case.arch} {case.input_size} px, batch {plan.throughput_batch}, {t.precision}{compiled}: "
+        f"{images_per_s:,.0f} img/s = {epoch_s:.2f} s per {EPOCH_IMAGES:,}-image epoch (synthetic pixels); "
+        f"{speed['train_gflops_per_s'] / 1e3:.1f} TFLOP/s = {100 * fraction:.1f} % of the {basis} GEMM rate "
+        f"({gemm / 1e3:.1f} TFLOP/s){peak_text}",
+        plan.target(f"≤ {case.target_s_per_epoch:g} s per {EPOCH_IMAGES:,}-image epoch"),
+        f"Timed: {t.steps} training steps after {plan.warmup_steps} warm-up steps, between two device syncs "
+        f"(cuDNN autotuning on). Each step: the next {plan.throughput_batch} indices of a permutation made on the "
+        f"device; a gather of those uint8 32 px images, which stay resident on the device ({len(data.images):,} "
+        "synthetic images in the CIFAR-10 python format, read by training/data's loader: train and val splits); "
+        f"on the device, TrainPreset's small policy (resize to {case.input_size} px, pad-crop by "
+        f"{max(1, case.input_size // 8)} px, flip, normalise), channels-last; forward and label-smoothed "
+        f"cross-entropy under {t.precision} autocast; backward; the trainer's fused AdamW step "
+        "(training.trainer.make_optimizer with the model's recipe)"
+        + (" and the GradScaler" if t.precision == "fp16" else "")
+        + ". Not timed: the trainer's per-step loss.item() and accuracy meters (host syncs) and its DataLoader "
+        "(the trainer has no device-resident input path). FLOPs per image from torch's FlopCounterMode "
+        "(hardware.flops); the GEMM rate is torch.mm measured in this command (hardware.rates).",
+        {
+            "images_per_s": images_per_s,
+            "seconds_per_epoch": epoch_s,
+            "epoch_images": EPOCH_IMAGES,
+            "steps": t.steps,
+            "batch": plan.throughput_batch,
+            "precision": t.precision,
+            "compile": plan.compile,
+            "train_flops_per_image": speed["train_flops_per_image"],
+            "train_gflops_per_s": speed["train_gflops_per_s"],
+            "matmul_fraction": fraction,
+            "matmul_fraction_basis": basis,
+            "matmul_gflops_per_s": speed["matmul_gflops_per_s"],
+            "peak_gpu_mem_mb": peak,
+            "synthetic_data": True,
+        },
+    )
