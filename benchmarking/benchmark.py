@@ -10,7 +10,8 @@ python benchmarking/benchmark.py --checkpoint runs/X/checkpoints/best.pt --outpu
 every table of such a run says so in its first line.
 
 Writes OUTPUT_DIR/results.json, results.md (tables, ratios to eager, targets, machine, load average) and PNG
-charts. --quick: a few iterations and one batching setting, for tests and smoke checks (numbers meaningless).
+charts. The served rows use the archive's default batching (what `serving/archive.py` ships) and no batching
+beside it. --quick: a few iterations and the default batching alone, for smoke checks (numbers meaningless).
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def build_parser() -> CliParser:
         "--server-batching",
         nargs="+",
         type=batching,
-        help="TorchServe batchSize[:maxBatchDelay ms] settings (default 1 and 8:5; quick: 8:5)",
+        help="TorchServe batchSize[:maxBatchDelay ms] settings (default: the archive's default, then 1; quick: the "
+        "default alone)",
     )
     p.add_argument("--concurrency", nargs="+", type=int, help="client concurrencies (default 1 4 16; quick: 1 4)")
     p.add_argument("--iterations", type=int, help="in-process iterations at batch 1 (default 200; quick: 10)")

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from benchmarking.procfs import own_peak_rss_mb, process_memory
 from benchmarking.results import InProcessFailure, InProcessResult, ThroughputPoint
 from serving.latency_stats import LatencyStats
+from serving.procfs import own_peak_rss_mb, process_memory
 
 
 class InProcessSpec(BaseModel):

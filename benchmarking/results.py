@@ -9,9 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from benchmarking.floors import Floors
 from benchmarking.machine import MachineInfo
-from benchmarking.procfs import ProcessMemory
 from serving.latency_stats import LatencyStats
 from serving.loadgen import LoadResult
+from serving.procfs import ProcessMemory
 
 # v2: floors measured in the run (``floors``) instead of a fixed bandwidth; affinity and usable CPUs recorded
 RESULTS_SCHEMA = "convserve.benchmark/v2"

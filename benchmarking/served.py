@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarking.procfs import cpu_by_role, torchserve_memory, torchserve_processes
 from benchmarking.results import Batching, LoadCpu, ServedResult, ServedSkip
 from benchmarking.stock import build_stock_archive, stock_unsupported
 from common.errors import ConvserveError, first_line
@@ -20,9 +19,16 @@ from export.artifact import read_card
 from serving.archive_builder import build_archive
 from serving.archive_settings import ArchiveSettings, HandlerSettings
 from serving.loadgen import LoadPlan, LoadResult, Payload, run_load_sync
+from serving.procfs import cpu_by_role, torchserve_memory, torchserve_processes
 from serving.torchserve_process import ServerSettings, TorchServeProcess, free_port
 
 STOCK = "stock"
+
+
+def default_batching() -> Batching:
+    """The batching every archive gets unless told otherwise (serving.archive_settings.ArchiveSettings)."""
+    settings = ArchiveSettings()
+    return Batching(batch_size=settings.batch_size, max_batch_delay_ms=settings.max_batch_delay_ms)
 
 
 @dataclass
@@ -31,11 +37,9 @@ class ServedPlan:
     payloads: list[Payload]
     work_dir: Path
     kinds: list[str] = field(default_factory=lambda: ["onnx", "torchscript", "eager", STOCK])
+    # the archive's default first (what a user gets), no batching for reference
     batchings: list[Batching] = field(
-        default_factory=lambda: [
-            Batching(batch_size=1, max_batch_delay_ms=0),
-            Batching(batch_size=8, max_batch_delay_ms=5),
-        ]
+        default_factory=lambda: [default_batching(), Batching(batch_size=1, max_batch_delay_ms=0)]
     )
     concurrencies: list[int] = field(default_factory=lambda: [1, 4, 16])
     latency_requests: int = 300
@@ -47,7 +51,8 @@ class ServedPlan:
 
 
 def archive_name(kind: str, batching: Batching) -> str:
-    return f"{kind}-b{batching.batch_size}"
+    """Unique per kind and batching, so several settings can share one model store (and one server)."""
+    return f"{kind}-b{batching.batch_size}-d{batching.max_batch_delay_ms}"
 
 
 def build(plan: ServedPlan, kind: str, batching: Batching, store: Path) -> Path:

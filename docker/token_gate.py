@@ -9,6 +9,13 @@ carries the token of the Secret (``Authorization: Bearer <token>``), then forwar
 
 GET /gate/healthz (no token) answers 200 while the gate runs: the sidecar's own probe. Worker readiness is
 the TorchServe container's probe (docker/readiness.py).
+
+Bodies over --max-request-mb get a 413 JSON answer every client reads, and never reach TorchServe. TorchServe's
+own limit (max_request_size) answers 413 with an empty body and closes the connection while the client is
+still sending, which Python's urllib and requests see as a connection reset. Here the size is judged from
+Content-Length before any of the body is read (a body without one is cut at the limit), a client that asked
+``Expect: 100-continue`` (curl, for bodies over 1 MB) is answered before it sends the body, and a body already
+on its way is read and dropped (aiohttp's lingering close, up to 10 s) before the connection closes.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import sys
 from http import HTTPStatus
 from pathlib import Path
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, web
+from aiohttp import ClientError, ClientSession, ClientTimeout, HttpVersion11, web
 
 # Headers that describe one hop, not the message (RFC 9110 section 7.6.1), plus ones aiohttp recomputes.
 HOP_HEADERS = {
@@ -34,6 +41,7 @@ HOP_HEADERS = {
     "host",
     "content-length",
     "authorization",
+    "expect",  # answered here (100 Continue or the refusal), not passed on
 }
 UPSTREAM = web.AppKey("upstream", str)
 SESSION = web.AppKey("session", ClientSession)
@@ -55,15 +63,46 @@ def authorized(header: str, token: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
+def too_large(limit: int) -> web.Response:
+    answer = error(413, f"request body over the limit of {limit} bytes ({limit / 2**20:g} MB)")
+    # keep-alive off: the rest of the body is read and dropped, then the connection closes
+    answer.force_close()
+    return answer
+
+
+def refusal(request: web.Request, token: str, limit: int) -> web.Response | None:
+    """401 or 413 from the headers alone (nothing of the body read yet); None when the request may pass."""
+    if not authorized(request.headers.get("Authorization", ""), token):
+        return error(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
+    if request.content_length is not None and request.content_length > limit:
+        return too_large(limit)
+    return None
+
+
 def make_app(upstream: str, token: str, max_body_mb: float = 10.0, timeout_s: float = 60.0) -> web.Application:
+    limit = int(max_body_mb * 1024 * 1024)
+
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "gate up"})
 
+    async def expect(request: web.Request) -> web.Response | None:
+        """Expect: 100-continue: refuse before the client sends the body, or invite it to."""
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            return error(417, f"unknown Expect: {request.headers.get('Expect')}")
+        answer = refusal(request, token, limit)
+        if answer is None and request.version == HttpVersion11:
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return answer
+
     async def forward(request: web.Request) -> web.StreamResponse:
-        if not authorized(request.headers.get("Authorization", ""), token):
-            return error(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
+        answer = refusal(request, token, limit)
+        if answer is not None:
+            return answer
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
-        body = await request.read()  # bounded by client_max_size: larger bodies get 413 before this
+        try:
+            body = await request.read()  # a body without Content-Length stops at client_max_size
+        except web.HTTPRequestEntityTooLarge:
+            return too_large(limit)
         try:
             async with request.app[SESSION].request(
                 request.method, request.app[UPSTREAM] + request.rel_url.raw_path_qs, data=body, headers=headers
@@ -79,11 +118,11 @@ def make_app(upstream: str, token: str, max_body_mb: float = 10.0, timeout_s: fl
         yield
         await app[SESSION].close()
 
-    app = web.Application(client_max_size=int(max_body_mb * 1024 * 1024))
+    app = web.Application(client_max_size=limit)
     app[UPSTREAM] = upstream.rstrip("/")
     app.cleanup_ctx.append(session_context)
     app.router.add_get("/gate/healthz", healthz)
-    app.router.add_route("*", "/{path:.*}", forward)
+    app.router.add_route("*", "/{path:.*}", forward, expect_handler=expect)
     return app
 
 

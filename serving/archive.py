@@ -22,12 +22,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="model file to ship (auto: onnx first)")
     p.add_argument("--force", action="store_true", help="overwrite an existing archive")
     p.add_argument("--archive-format", choices=ARCHIVE_FORMATS, default="zip-store")
-    p.add_argument("--batch-size", type=int, default=4, help="TorchServe dynamic batching: max requests per batch")
-    p.add_argument("--max-batch-delay", type=int, default=50, help="ms to wait for a batch to fill")
+    defaults = ArchiveSettings()  # the one place the defaults live (docs/benchmarks: "Batching default")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help="TorchServe dynamic batching: max requests per batch (1: none; default %(default)s)",
+    )
+    p.add_argument(
+        "--max-batch-delay",
+        type=int,
+        default=defaults.max_batch_delay_ms,
+        help="ms to wait for a batch to fill (default %(default)s); under light load every request waits it",
+    )
     workers_help = "default: chosen when serving, from the usable CPUs (affinity and cgroup quota)"
     p.add_argument("--min-workers", type=int, default=None, help=workers_help)
     p.add_argument("--max-workers", type=int, default=None, help=workers_help)
-    p.add_argument("--response-timeout", type=int, default=60, help="seconds before TorchServe gives up on a batch")
+    p.add_argument(
+        "--response-timeout",
+        type=int,
+        default=defaults.response_timeout_s,
+        help="seconds before TorchServe gives up on a batch",
+    )
     p.add_argument("--threads", type=int, default=None, help="intra-op threads per worker (default: CPUs/workers)")
     return p
 

@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.stop:
-        print("stopped" if stop_recorded(args.run_dir) else f"no running server recorded in {args.run_dir}")
+        how = stop_recorded(args.run_dir)
+        print(f"stopped ({how})" if how else f"no running server recorded in {args.run_dir}")
         return 0
     if args.model_store is None:
         raise ConvserveError("--model-store is required")

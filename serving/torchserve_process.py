@@ -31,6 +31,7 @@ from PIL import Image
 from common.errors import ConvserveError
 from common.files import write_text_atomic
 from hardware.cpu_share import default_workers
+from serving.procfs import group_members
 
 BASE_CONFIG = Path(__file__).with_name("config.properties")
 WORKER_DIED = ("Backend worker process died", "Load model failed", "Failed to load model")
@@ -314,41 +315,45 @@ class TorchServeProcess:
 
 
 def _group_alive(pgid: int) -> bool:
+    """A member of the group still runs. Zombies do not count: a launcher whose parent exited (serve.py in the
+    background) waits as a zombie until its new parent reaps it, which some container inits never do."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    return bool(group_members(pgid))
 
 
-def stop_group(pgid: int, timeout: float = 30.0, reap=None) -> None:
-    """``reap``: our child's poll, so an exited launcher is not kept as a zombie member of the group."""
+def stop_group(pgid: int, timeout: float = 30.0, reap=None) -> str | None:
+    """SIGTERM the group, SIGKILL it after ``timeout``; returns "terminated" or "killed" (None: nothing ran).
+    ``reap``: our child's poll, so an exited launcher is not kept as a zombie member of the group."""
     if not _group_alive(pgid):
-        return
+        return None
     os.killpg(pgid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if reap is not None:
             reap()
         if not _group_alive(pgid):
-            return
+            return "terminated"
         time.sleep(0.2)
     os.killpg(pgid, signal.SIGKILL)
+    return "killed"
 
 
-def stop_recorded(run_dir: Path) -> bool:
-    """Stop the server whose state a background start left in ``run_dir/server.json``; False if none ran."""
+def stop_recorded(run_dir: Path, timeout: float = 30.0) -> str | None:
+    """Stop the server whose state a background start left in ``run_dir/server.json``: "terminated" (SIGTERM
+    sufficed) or "killed" (SIGKILL after ``timeout``); None when none was recorded or it no longer ran."""
     state_file = Path(run_dir) / "server.json"
     if not state_file.exists():
-        return False
+        return None
     state = json.loads(state_file.read_text())
-    alive = _group_alive(int(state["pgid"]))
-    stop_group(int(state["pgid"]))
+    how = stop_group(int(state["pgid"]), timeout)
     shutil.rmtree(state.get("tmp_dir", ""), ignore_errors=True)
     state_file.unlink()
-    return alive
+    return how
 
 
 def usage_text(server: TorchServeProcess) -> str:

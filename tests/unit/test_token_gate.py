@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import inspect
+import json
+import shutil
+import subprocess
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
-from aiohttp import web
+import requests
+from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient, TestServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,3 +126,117 @@ def test_a_short_token_file_is_refused(tmp_path):
         token_gate.read_token(short)
     short.write_text(TOKEN + "\n")
     assert token_gate.read_token(short) == TOKEN
+
+
+# --- bodies over the limit: every common client reads the 413 -----------------------------------------------------
+
+LIMIT_MB = 1.0
+
+
+@pytest.fixture(scope="module")
+def gate_url():
+    """The gate on a real socket (in a thread of its own) in front of a real upstream that counts what reaches it:
+    curl, urllib and requests are blocking clients of another process or thread."""
+    seen: list[int] = []
+    ready = threading.Event()
+    state: dict = {}
+
+    async def counting(request: web.Request) -> web.Response:
+        seen.append(len(await request.read()))
+        return web.json_response({"size": seen[-1]})
+
+    async def serve() -> None:
+        upstream = web.Application(client_max_size=64 * 1024 * 1024)
+        upstream.router.add_route("*", "/{path:.*}", counting)
+        runners = []
+        for app in (upstream, None):
+            if app is None:
+                app = token_gate.make_app(f"http://127.0.0.1:{state['upstream_port']}", TOKEN, max_body_mb=LIMIT_MB)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            runners.append(runner)
+            port = site._server.sockets[0].getsockname()[1]
+            state.setdefault("upstream_port", port)
+            state["gate_port"] = port
+        state["stop"], state["loop"] = asyncio.Event(), asyncio.get_running_loop()
+        ready.set()
+        await state["stop"].wait()
+        for runner in runners:
+            await runner.cleanup()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    assert ready.wait(30)
+    yield f"http://127.0.0.1:{state['gate_port']}/predictions/alexnet", seen
+    state["loop"].call_soon_threadsafe(state["stop"].set)
+    thread.join(30)
+
+
+def post_with(client: str, url: str, body: bytes, tmp_path: Path) -> tuple[int, bytes]:
+    headers = {**bearer(), "Content-Type": "image/jpeg"}
+    if client == "curl":
+        assert shutil.which("curl"), "curl is needed for this test (apt-get install curl)"
+        (tmp_path / "body").write_bytes(body)
+        cmd = [
+            "curl",
+            "-sS",
+            "-o",
+            str(tmp_path / "answer"),
+            "-w",
+            "%{http_code}",
+            "--data-binary",
+            f"@{tmp_path / 'body'}",
+        ]
+        cmd += [arg for k, v in headers.items() for arg in ("-H", f"{k}: {v}")]
+        done = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr  # a reset would be curl error 55/56
+        return int(done.stdout), (tmp_path / "answer").read_bytes()
+    if client == "urllib":
+        request = urllib.request.Request(url, data=body, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                return answer.status, answer.read()
+        except urllib.error.HTTPError as answer:
+            return answer.code, answer.read()
+    if client == "requests":
+        answer = requests.post(url, data=body, headers=headers, timeout=60)
+        return answer.status_code, answer.content
+    if client == "requests-chunked":  # no Content-Length: the gate cuts the body at the limit
+        answer = requests.post(
+            url, data=iter([body[i : i + 65536] for i in range(0, len(body), 65536)]), headers=headers
+        )
+        return answer.status_code, answer.content
+
+    async def with_aiohttp() -> tuple[int, bytes]:
+        async with ClientSession() as session, session.post(url, data=body, headers=headers) as answer:
+            return answer.status, await answer.read()
+
+    return asyncio.run(with_aiohttp())
+
+
+CLIENTS = ["curl", "urllib", "requests", "requests-chunked", "aiohttp"]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_every_client_reads_a_413_json_for_a_body_over_the_limit(gate_url, client, tmp_path):
+    url, seen = gate_url
+    before = len(seen)
+    status, body = post_with(client, url, bytes(int(3 * LIMIT_MB * 1024 * 1024)), tmp_path)
+    assert status == 413, body[:200]
+    answer = json.loads(body)
+    assert answer["code"] == 413 and "over the limit of 1048576 bytes" in answer["message"]
+    assert len(seen) == before  # never forwarded
+    status, body = post_with(client, url, bytes(int(0.5 * LIMIT_MB * 1024 * 1024)), tmp_path)
+    assert status == 200 and json.loads(body) == {"size": 524288}  # the same client, under the limit, passes
+
+
+def test_the_gate_refuses_at_the_limit_torchserve_has():
+    """The gate must answer first: its default limit is serve.py's, and the pod sets neither differently."""
+    from serving.torchserve_process import ServerSettings
+
+    gate_default = inspect.signature(token_gate.make_app).parameters["max_body_mb"].default
+    assert gate_default == ServerSettings(model_store=Path(".")).max_request_mb
+    deployment = (ROOT / "k8s" / "base" / "serve-deployment.yaml").read_text()
+    assert "--max-request-mb" not in deployment

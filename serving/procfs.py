@@ -1,4 +1,5 @@
-"""Process memory from the OS (Linux /proc): RSS and its peak per process, and TorchServe's process tree.
+"""Processes as Linux /proc shows them: RSS and its peak per process, CPU time, TorchServe's process tree, and
+which processes still run (zombies excluded).
 
 TorchServe's launcher starts a java frontend, and the frontend starts one Python process per worker; the
 workers' memory is what a model costs, so each is read on its own (VmRSS now, VmHWM the peak since start).
@@ -69,20 +70,44 @@ def command_line(pid: int, limit: int = 200) -> str:
     return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:limit]
 
 
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """/proc/<pid>/stat from field 3 (state) on, or None when the process is gone."""
+    try:
+        stat = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    # the command (field 2) is in parentheses and may hold spaces: parse after the last ')'
+    return stat.rsplit(")", 1)[1].split()
+
+
+def _all_pids() -> list[int]:
+    return [int(entry.name) for entry in PROC.iterdir() if entry.name.isdigit()]
+
+
 def parent_map() -> dict[int, list[int]]:
     """pid → its children's pids, from every /proc/<pid>/stat (field 4 is the parent)."""
     children: dict[int, list[int]] = {}
-    for entry in PROC.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # the command (field 2) is in parentheses and may hold spaces: parse after the last ')'
-        fields = stat.rsplit(")", 1)[1].split()
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    for pid in _all_pids():
+        fields = _stat_fields(pid)
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(pid)
     return children
+
+
+def is_running(pid: int) -> bool:
+    """The process exists and is not a zombie (a zombie has exited; only its exit status waits to be read)."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def group_members(pgid: int) -> list[int]:
+    """Running (not zombie) processes whose process group is ``pgid`` (field 5 of /proc/<pid>/stat)."""
+    found = []
+    for pid in _all_pids():
+        fields = _stat_fields(pid)
+        if fields is not None and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            found.append(pid)
+    return sorted(found)
 
 
 def descendants(pid: int) -> list[int]:
@@ -122,11 +147,9 @@ def torchserve_memory(launcher_pid: int) -> list[ProcessMemory]:
 
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU time of ``pid`` (all its threads) so far, from /proc/<pid>/stat."""
-    try:
-        stat = (PROC / str(pid) / "stat").read_text()
-    except OSError:
+    fields = _stat_fields(pid)
+    if fields is None:
         return None
-    fields = stat.rsplit(")", 1)[1].split()
     # after the command: state is field 3, so utime (14) and stime (15) are at offsets 11 and 12
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 

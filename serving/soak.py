@@ -1,0 +1,92 @@
+"""Soak a running TorchServe for minutes, or break it under load and watch it come back.
+
+python serving/serve.py --model-store model_store --run-dir logs/torchserve            # the server, in the background
+python serving/soak.py --url http://127.0.0.1:8080/predictions/alexnet --run-dir logs/torchserve \\
+    --images cat.jpg dog.jpg --concurrency 4 --minutes 10 --output soak.json
+python serving/soak.py ... --fault worker-kill      # SIGKILL every worker under load; time until a 200 again
+python serving/soak.py ... --fault graceful-stop    # serve.py --stop with requests in flight; ports, processes
+
+The load is the closed loop of serving/loadtest.py (C requests in flight, real image bodies), or for a soak
+--rate R, open-loop arrivals at R per second (serving/open_loop.py). The run folder
+(serve.py --run-dir) tells which processes are the server's: the worker processes are read from /proc.
+Soak: per window (--window seconds, default 60), answers, errors, p50/p99 and the workers' and the frontend's
+RSS, and the first window against the last. --minutes takes fractions (0.2: a short check). Exit code 1 when a
+target is missed. The token (inference key) comes from --token, $CONVSERVE_TOKEN or the run folder's key file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from common.errors import CliParser, ConvserveError, run_cli
+from common.files import write_text_atomic
+from serving.loadgen import read_payloads
+from serving.recorded_server import RecordedServer
+from serving.soak_results import graceful_stop_lines, soak_lines, worker_kill_lines
+from serving.soak_runs import FAULTS, SoakPlan, run_graceful_stop, run_soak, run_worker_kill
+
+
+def build_parser() -> CliParser:
+    p = CliParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", required=True, help="the prediction URL, e.g. http://127.0.0.1:8080/predictions/alexnet")
+    p.add_argument("--run-dir", type=Path, required=True, help="the server's run folder (serve.py --run-dir)")
+    p.add_argument("--images", type=Path, nargs="+", required=True, help="image files sent as bodies, cycled")
+    load = p.add_mutually_exclusive_group()
+    load.add_argument("--concurrency", type=int, default=4, help="closed loop: requests kept in flight")
+    load.add_argument("--rate", type=float, default=None, help="soak: open loop at this many arrivals per second")
+    p.add_argument("--minutes", type=float, default=None, help="length of the run (default: soak 10, fault 1)")
+    p.add_argument("--window", type=float, default=60.0, help="soak: seconds per reading")
+    p.add_argument("--fault", choices=FAULTS, default=None, help="break the server under load instead of soaking")
+    p.add_argument("--fault-at", type=float, default=None, help="seconds of load before the fault (default: 1/4)")
+    p.add_argument("--token", default=os.environ.get("CONVSERVE_TOKEN"), help="bearer token; write --token=KEY")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request (TorchServe's response timeout)")
+    p.add_argument("--output", type=Path, default=None, help="write the report as JSON here")
+    p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.output is not None and args.output.exists() and not args.force:
+        raise ConvserveError(f"{args.output} exists; pass --force to overwrite it")
+    if args.rate is not None and args.fault:
+        raise ConvserveError("--rate is for a soak; a fault run keeps --concurrency requests in flight")
+    plan = SoakPlan(
+        url=args.url,
+        payloads=read_payloads(args.images),
+        run_dir=args.run_dir,
+        concurrency=args.concurrency,
+        rate=args.rate,
+        minutes=args.minutes if args.minutes is not None else (1.0 if args.fault else 10.0),
+        window_s=args.window,
+        token=args.token or RecordedServer.read(args.run_dir).inference_key(),
+        timeout_s=args.timeout,
+        fault_at_s=args.fault_at,
+    )
+    if args.fault == "worker-kill":
+        report = run_worker_kill(plan)
+        lines = worker_kill_lines(report)
+    elif args.fault == "graceful-stop":
+        report = run_graceful_stop(plan)
+        lines = graceful_stop_lines(report)
+    else:
+        report = run_soak(plan)
+        lines = soak_lines(report)
+    print("\n".join(lines))
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(args.output, json.dumps(report.model_dump(mode="json"), indent=1) + "\n")
+        print(f"wrote {args.output}")
+    return 0 if all(c.met for c in report.checks) else 1
+
+
+def cli() -> None:
+    """The ``convserve-soak`` entry point: ``main`` behind the one-line error edge."""
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()
