@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         "machine (needs internet), then stop"
     )  # fmt: skip
     p.add_argument("--compile", action="store_true", help="torch.compile the throughput models")
-    p.add_argument("--nproc", type=int, help="torchrun processes (default: min(2, GPUs); 1 on a dry run)")
+    p.add_argument("--nproc", type=int, help="torchrun processes (default: min(2, GPUs); 2 with gloo on a dry run)")
     p.add_argument("--epochs", type=int, help="digits epochs on the GPU (default: the demo preset's)")
     p.add_argument("--work-dir", type=Path, help="run folders and logs (kept; default: a temporary folder)")
     return p
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from gpu_check.suite import Options, run_all
 
     if args.dry_run:
-        plan = dry_plan(args.nproc or 1, args.compile)
+        plan = dry_plan(args.nproc or 2, args.compile)
     elif not torch.cuda.is_available():
         raise ConvserveError("no CUDA GPU visible to torch here; --dry-run runs the same checks on the CPU")
     else:

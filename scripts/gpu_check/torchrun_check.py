@@ -40,8 +40,13 @@ def check_torchrun(ctx: Context) -> Row:
         "the same sample count as the plain run",
         f"`python -m torch.distributed.run --standalone --nproc_per_node {plan.nproc} training/train.py "
         f"{' '.join(plan.train_args)} --device {plan.device} --epochs 1` against the plain train-autocast run's "
-        "summary.json (same data, same split seed). With one process the trainer forms no process group, so "
-        "no collective runs; give --nproc 2 (one GPU per rank for NCCL) to all-reduce across ranks.",
+        "summary.json (same data, same split seed). "
+        + (
+            "With one process the trainer forms no process group, so no collective runs; --nproc 2 (one GPU per "
+            "rank for NCCL) all-reduces across ranks."
+            if plan.nproc <= 1
+            else f"The ranks shard the test split (ShardSampler) and all-reduce their counts over {backend}."
+        ),
         {
             "world_size": ddp["world_size"],
             "backend": backend,
