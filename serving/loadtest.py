@@ -75,7 +75,7 @@ def build_parser() -> CliParser:
     o.add_argument("--rate", type=rates, default=None, help="requests per second, or several: 5,10,20")
     o.add_argument("--arrivals", choices=["constant", "poisson"], default=None, help="arrival times (constant)")
     o.add_argument("--max-in-flight", type=int, default=None, help="more waiting answers invalidate a run (512)")
-    o.add_argument("--late-ms", type=float, default=None, help="a send later than this past its due time is late (10)")
+    o.add_argument("--late-ms", type=float, default=None, help="a send later than this past its due time is late (25)")
     o.add_argument("--metrics-url", default=None, help="TorchServe's metrics page (URL host, port 8082); 'none': off")
     o.add_argument("--seed", type=int, default=None, help="poisson arrivals' seed (0)")
     o.add_argument("--output-dir", type=Path, default=None, help="write results.json, results.csv, latency.png")
@@ -142,22 +142,29 @@ def _closed_loop(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _given(**values: object) -> dict[str, object]:
+    """The flags a user gave; the rest keep the library's defaults (one place for each default)."""
+    return {key: value for key, value in values.items() if value is not None}
+
+
 def _open_plan(args: argparse.Namespace, rate: float) -> OpenLoopPlan:
     metrics = args.metrics_url or default_metrics_url(args.url)
     return OpenLoopPlan(
         url=args.url,
         payloads=read_payloads(args.images),
         rate=rate,
-        duration_s=10.0 if args.duration is None else args.duration,
-        arrivals=args.arrivals or "constant",
         warmup=math.ceil(rate) if args.warmup is None else args.warmup,  # one second of arrivals
         token=args.token,
         timeout_s=args.timeout,
-        max_in_flight=512 if args.max_in_flight is None else args.max_in_flight,
-        late_ms=10.0 if args.late_ms is None else args.late_ms,
         max_duration_s=args.max_duration,
         metrics_url=None if metrics.lower() == "none" else metrics,
-        seed=args.seed or 0,
+        **_given(
+            duration_s=args.duration,
+            arrivals=args.arrivals,
+            max_in_flight=args.max_in_flight,
+            late_ms=args.late_ms,
+            seed=args.seed,
+        ),
     ).check()
 
 
@@ -176,18 +183,20 @@ def _rates(args: argparse.Namespace) -> int:
 
 
 def _capacity(args: argparse.Namespace) -> int:
-    base = _open_plan(args, args.start_rate or 1.0)
+    bounds = _given(
+        max_error_rate=args.max_error_rate,
+        start_rate=args.start_rate,
+        max_rate=args.max_rate,
+        step_duration_s=args.step_duration,
+        max_steps=args.max_steps,
+    )
     result = find_capacity(
-        base,
+        _open_plan(args, bounds.get("start_rate", 1.0)),  # its rate and duration are set per step
         p99_ms=args.p99_ms,
-        max_error_rate=0.01 if args.max_error_rate is None else args.max_error_rate,
-        start_rate=args.start_rate or 1.0,
-        max_rate=1000.0 if args.max_rate is None else args.max_rate,
-        step_duration_s=10.0 if args.step_duration is None else args.step_duration,
-        max_steps=12 if args.max_steps is None else args.max_steps,
         max_total_s=args.max_duration,
         warmup_s=1.0 if args.warmup is None else None,
         on_step=lambda step: print("\n".join(open_loop_lines(step.result) + [f"  step: {step.why}"]), flush=True),
+        **bounds,
     )
     print("\n".join(capacity_lines(result)))
     _write_json(args, result.model_dump(mode="json"))
