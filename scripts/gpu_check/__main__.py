@@ -47,28 +47,20 @@ def main(argv: list[str] | None = None) -> int:
         raise ConvserveError(f"--work-dir {args.work_dir} is not empty: the runs it would hold exist (pick another)")
     if args.download_wheels:
         return subprocess.run(wheels.download_command(args.download_wheels)).returncode
-    target = Path(tempfile.mkdtemp(prefix="gpu-check-wheels-"))
     try:
-        installed = wheels.ensure(args.wheels, target)
+        installed = wheels.ensure(args.wheels)
     except wheels.WheelError as exc:
         raise ConvserveError(str(exc)) from None
     if args.dry_run:
         os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch starts its pool (plan.DRY_NOTE says why)
     # only now: these import pydantic, torch, onnx, ... which the wheels may have just provided
-    import torch
-
-    from gpu_check.plan import dry_plan, gpu_plan
+    from gpu_check.plan import make_plan
     from gpu_check.suite import Options, run_all
 
-    if args.dry_run:
-        plan = dry_plan(args.nproc or 2, args.compile)
-    elif not torch.cuda.is_available():
-        raise ConvserveError("no CUDA GPU visible to torch here; --dry-run runs the same checks on the CPU")
-    else:
-        plan = gpu_plan(args.nproc or min(2, torch.cuda.device_count()), args.epochs, args.compile)
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="gpu-check-"))
+    plan = make_plan(args.dry_run, args.nproc, args.epochs, args.compile)
+    work = (args.work_dir or Path(tempfile.mkdtemp(prefix="gpu-check-"))).resolve()
     command = shlex.join(["bash", "scripts/gpu_check.sh", *(argv if argv is not None else sys.argv[1:])])
-    return run_all(Options(plan, args.out, work.resolve(), args.work_dir is not None, command, installed, started))
+    return run_all(Options(plan, args.out, work, args.work_dir is not None, command, installed, started))
 
 
 if __name__ == "__main__":

@@ -43,5 +43,5 @@ class Context:
                     raise
         value, error = self._made[key]
         if error is not None:
-            raise PrerequisiteFailed(f"needs {key}, which failed: {error}") from error
+            raise PrerequisiteFailed(f"{key} failed: {error}") from error
         return value

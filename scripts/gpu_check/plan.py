@@ -105,3 +105,16 @@ def dry_plan(nproc: int, compile_model: bool) -> Plan:
         background=("kill9-resume", "torchrun-eval-count"),
         notes=[DRY_NOTE],
     )
+
+
+def make_plan(dry_run: bool, nproc: int | None, epochs: int | None, compile_model: bool) -> Plan:
+    """The dry-run plan, or the GPU plan where torch sees a CUDA GPU (ConvserveError where it does not)."""
+    import torch
+
+    from common.errors import ConvserveError
+
+    if dry_run:
+        return dry_plan(nproc or 2, compile_model)
+    if not torch.cuda.is_available():
+        raise ConvserveError("no CUDA GPU visible to torch here; --dry-run runs the same checks on the CPU")
+    return gpu_plan(nproc or min(2, torch.cuda.device_count()), epochs, compile_model)

@@ -36,12 +36,12 @@ def output_to(log: Path) -> Iterator[None]:
 
 
 def tail(log: Path, lines: int = 3) -> str:
-    """The last lines of a log, joined on one line (what a FAIL row shows of a run that went wrong)."""
+    """The last lines of a log but its command line, joined on one line (what a FAIL row shows of a run)."""
     try:
-        text = log.read_text(errors="replace").strip().splitlines()
+        text = [line.strip() for line in log.read_text(errors="replace").splitlines()]
     except OSError:
         return ""
-    return " / ".join(line.strip() for line in text[-lines:])
+    return " / ".join([line for line in text if line and not line.startswith("$ ")][-lines:])
 
 
 class RunFailed(Exception):
@@ -52,7 +52,14 @@ def call_cli(main: Callable[[list[str] | None], int], argv: list[str], log: Path
     """``main(argv)`` of a project CLI, in this process; RunFailed unless it returns 0."""
     with output_to(log):
         print(f"$ {main.__module__} {' '.join(argv)}", flush=True)
-        code = main(argv)
+        program = sys.argv
+        sys.argv = [f"{main.__module__.rpartition('.')[2]}.py", *argv]  # what its usage lines call it
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse's usage errors exit; here they fail one row, not the check
+            code = exc.code if isinstance(exc.code, int) else 2
+        finally:
+            sys.argv = program
     if code:
         raise RunFailed(f"{main.__module__} exited {code}: {tail(log)} (log {log})")
 

@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -124,12 +125,13 @@ def plan_install(missing: list[str], folder: Path | None) -> list[str]:
     return wanted
 
 
-def ensure(folder: Path | None, target: Path) -> list[str]:
-    """Install what is missing into ``target`` and put it first on sys.path and PYTHONPATH (for the
-    subprocesses the check starts); returns the distributions installed."""
+def ensure(folder: Path | None, target: Path | None = None) -> list[str]:
+    """Install what is missing into ``target`` (default: a new temporary folder) and put it first on sys.path
+    and PYTHONPATH (for the subprocesses the check starts); returns the distributions installed."""
     wanted = plan_install(missing_modules(), folder)
     if not wanted:
         return []
+    target = target or Path(tempfile.mkdtemp(prefix="gpu-check-wheels-"))
     done = subprocess.run(install_command(folder, target, wanted), capture_output=True, text=True)
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()

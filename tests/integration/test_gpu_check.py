@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import PYTHON, REPO
 
 pytestmark = pytest.mark.slow
 
@@ -63,6 +63,32 @@ def test_dry_run_writes_both_reports_with_every_row_and_prints_the_table_last(tm
     table = proc.stdout.strip().splitlines()
     assert table[-1].startswith("overall: PASS") and str(out) in table[-1]
     assert [line.split()[0] for line in table[-len(ROWS) - 1 : -1]] == ROWS
+
+
+BROKEN_PLAN = """
+import dataclasses, sys, time
+from pathlib import Path
+from gpu_check.plan import dry_plan
+from gpu_check.suite import Options, run_all
+plan = dataclasses.replace(dry_plan(1, False), train_args=("--model", "nope"), kill_args=("--model", "nope"),
+                           throughput=())
+out, work = Path(sys.argv[1]), Path(sys.argv[2])
+sys.exit(run_all(Options(plan, out, work, False, "broken plan", [], time.perf_counter())))
+"""
+
+
+def test_a_check_that_breaks_is_a_fail_row_the_rest_still_report_and_the_exit_is_1(tmp_path):
+    env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'scripts'}", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(PYTHON), "-c", BROKEN_PLAN, str(tmp_path / "out"), str(tmp_path / "work")], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    report, md = read_report(tmp_path / "out")
+    rows = {r["name"]: r for r in report["rows"]}
+    assert set(rows) == set(ROWS) - {"throughput-alexnet", "throughput-resnet18"} and not report["passed"]
+    assert all(r["status"] == "FAIL" and "invalid choice: 'nope'" in r["figure"] for r in rows.values())
+    assert "the autocast digits run failed" in rows["serve-eager"]["figure"]  # failures reach their dependents
+    assert f"run folders and logs kept in {tmp_path / 'work'}" in md  # kept for a look at what failed
+    assert proc.stdout.strip().splitlines()[-1].startswith("overall: FAIL")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: the check would run for real")
