@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from common.logs import configure_cli_logging
+
 REASONS = {400: "Bad Request", 413: "Payload Too Large", 415: "Unsupported Media Type"}
 
 
@@ -60,7 +62,8 @@ def one_line(exc: BaseException) -> str:
 
 
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
-    """Run a CLI entry point, printing ConvserveError as one line and exiting 2."""
+    """Run a CLI entry point with our logging set up, printing ConvserveError as one line and exiting 2."""
+    configure_cli_logging()
     try:
         code = main(argv)
     except ConvserveError as exc:

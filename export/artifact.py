@@ -75,7 +75,7 @@ class SourceCard(_Card):
     epoch: int | None = None
     metrics: dict[str, float | int | None] = {}
     torchvision_weights: str | None = None
-    random_weights: bool = False  # loudly true when torchvision weights could not be loaded
+    random_weights: bool = False  # exported with --random-weights: a seeded untrained model (first note says so)
     weights_sha256: str | None = None  # of the model's tensors (names, dtypes, shapes, bytes), any source
 
 

@@ -9,11 +9,11 @@ no --random-weights); 1 the export itself failed (parity check or an exporter li
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 from common.errors import CliParser
+from common.logs import configure_cli_logging
 from export.onnx_conversion import ExportFailed
 from export.parity import ParityError
 from export.pipeline import ExportRequest, run_export
@@ -46,23 +46,10 @@ def open_source(parser: CliParser, args: argparse.Namespace) -> ExportSource:
         parser.error("give either a CHECKPOINT or --torchvision ARCH")
     if args.random_weights and not args.torchvision:
         parser.error("--random-weights goes with --torchvision (a checkpoint has its own weights)")
-    configure_logging()
+    configure_cli_logging()
     if args.torchvision:
         return torchvision_source(args.torchvision, args.weights, random_weights=args.random_weights)
     return checkpoint_source(args.checkpoint)
-
-
-def configure_logging() -> None:
-    """Progress on stdout, warnings (RANDOM WEIGHTS, missing data) on stderr, each as one plain line."""
-    out = logging.StreamHandler(sys.stdout)
-    out.addFilter(lambda record: record.levelno < logging.WARNING)
-    err = logging.StreamHandler(sys.stderr)
-    err.setLevel(logging.WARNING)
-    for handler in (out, err):
-        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    # the root logger stays at WARNING: onnxscript's optimiser and onnxruntime's quantiser log chatty INFO lines
-    logging.basicConfig(level=logging.WARNING, handlers=[out, err], force=True)
-    logging.getLogger("export").setLevel(logging.INFO)
 
 
 def export_and_report(source: ExportSource, request: ExportRequest) -> int:
@@ -71,6 +58,7 @@ def export_and_report(source: ExportSource, request: ExportRequest) -> int:
     except (ParityError, ExportFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    print("\n".join(result.lines))
     formats = ", ".join(f.format for f in result.card.files)
     print(f"artifact {result.folder}: {formats}; model_card.json and index_to_name.json written")
     return 0

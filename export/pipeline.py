@@ -246,8 +246,7 @@ class _Job:
         return ModelCard.model_validate(card.model_dump())
 
     def _say(self, line: str) -> None:
-        self.lines.append(line)
-        print(line, flush=True)
+        self.lines.append(line)  # the CLI prints them: they are the export's result
 
 
 def _acc(acc: float | None) -> str:

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from common.errors import CliParser, run_cli
+from common.logs import configure_cli_logging
 from serving.predictors import format_predictions, open_predictor, predict_files
 
 
@@ -32,6 +33,8 @@ def build_parser() -> CliParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.json:
+        configure_cli_logging(stdout_is_data=True)
     source, images = (None, args.paths) if args.url else (str(args.paths[0]), args.paths[1:])
     if not images:
         parser.error("give at least one IMAGE after the checkpoint or artifact")

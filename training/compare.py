@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from common.errors import CliParser, run_cli
+from common.logs import configure_cli_logging
 from training.analysis.compare_models import compare_checkpoints, format_comparison
 
 
@@ -27,6 +28,8 @@ def build_parser() -> CliParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.json:
+        configure_cli_logging(stdout_is_data=True)
     result = compare_checkpoints(args.checkpoint_a, args.checkpoint_b, args.split, args.data_dir, args.device)
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_comparison(result, args.show))
     return 0

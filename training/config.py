@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
-from common.errors import ConvserveError, first_line
+from common.errors import ConvserveError, first_line, validation_message
 from common.files import write_text_atomic
 from training.engine.precision import PRECISIONS
 
@@ -206,17 +206,6 @@ def recipe_sets(path: str) -> bool:
 CLI_OVERRIDES: dict[str, str] = {flag.dest: flag.path for flag in config_flags()}
 
 
-def format_validation_error(exc: ValidationError) -> str:
-    """One line naming every bad field, e.g. ``optim.lr: Input should be greater than 0 (got -1.0)``."""
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "config"
-        got = err.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        parts.append(f"{where}: {err['msg']}{shown}")
-    return "invalid config: " + "; ".join(parts)
-
-
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     node = tree
@@ -251,7 +240,7 @@ def build_config(base: dict[str, Any] | None = None, overrides: dict[str, Any] |
     try:
         return TrainConfig.model_validate(with_recipe(tree))
     except ValidationError as exc:
-        raise ConvserveError(format_validation_error(exc)) from None
+        raise ConvserveError("invalid config: " + validation_message(exc, "config")) from None
 
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from common.devices import choose_device
 from common.errors import CliParser, ConvserveError, run_cli
+from common.logs import configure_cli_logging
 from training.checkpoint import load_checkpoint
 from training.config import DATASETS
 from training.data.registry import build_eval_split, data_config_for
@@ -32,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.json:
+        configure_cli_logging(stdout_is_data=True)
     ckpt = load_checkpoint(args.checkpoint)
     data_cfg, seed = data_config_for(ckpt, args.dataset, args.data_dir)
     dataset, class_names = build_eval_split(data_cfg, ckpt.arch, seed, args.split, ckpt.preprocessing)

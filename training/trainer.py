@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
 import resource
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +35,8 @@ from training.engine.throughput import training_rate
 from training.engine.train_loop import train_one_epoch
 from training.models import build_model
 from training.records import RunRecorder, claim_run_dir, new_run_dir
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -275,8 +277,8 @@ def _epoch_row(epoch: int, train, val: EvalResult, lr: float) -> dict[str, float
 
 
 def _log(info: DistInfo, message: str) -> None:
-    if info.is_main:
-        print(message, flush=True)
+    if info.is_main:  # one narrative per run, not one per torchrun rank
+        log.info(message)
 
 
 def is_better(val: EvalResult, best: dict[str, float]) -> bool:
@@ -464,7 +466,7 @@ def run_training(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         if info.is_main:
             dump_config(cfg, run_dir / "config.yaml")
             if s.precision.warning:
-                print(f"warning: {s.precision.warning}", file=sys.stderr, flush=True)
+                log.warning(s.precision.warning)
             _log(
                 info,
                 f"run folder {run_dir}  ({cfg.model.arch} on {cfg.data.name}, {len(s.data.train)} train / "

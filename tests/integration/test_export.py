@@ -226,7 +226,7 @@ def test_torchvision_random_weights_are_exported_and_said_first(photos, tmp_path
     first = card.notes[0]
     assert first.startswith("RANDOM WEIGHTS (--random-weights): seeded random, not trained") and "resnet18" in first
     assert [n for n in card.notes if "RANDOM WEIGHTS" in n] == [first]
-    assert "WARNING: RANDOM WEIGHTS" in result.stderr
+    assert "warning: RANDOM WEIGHTS" in result.stderr
     categories = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
     assert card.num_classes == 1000 == len(set(card.class_names)) and card.class_names == unique_labels(categories)
     assert read_index_to_name(folder) == card.class_names and card.class_names[134] == "crane bird"

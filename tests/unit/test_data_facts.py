@@ -3,6 +3,7 @@ sklearn's digits as 28x28 grayscale PNGs, crops of scikit-image's sample photos 
 
 from __future__ import annotations
 
+import logging
 import subprocess
 from pathlib import Path
 
@@ -46,8 +47,9 @@ def train_steps(bundle) -> list[type]:
     return [type(t) for t in bundle.train.transform.transforms.transforms]
 
 
-def test_digit_pngs_train_as_digits(folders, capsys):
+def test_digit_pngs_train_as_digits(folders, caplog):
     root, written = folders["digits"]
+    caplog.set_level(logging.INFO, logger="training")
     bundle = build_datasets(DataConfig(name="imagefolder", data_dir=root), "alexnet", seed=0)
     facts, pre = bundle.facts, bundle.preprocessing
     assert (facts.native_size, facts.channels, facts.policy, facts.measured_on) == (28, 1, "digits", 100)
@@ -62,7 +64,7 @@ def test_digit_pngs_train_as_digits(folders, capsys):
     img, _ = bundle.train[0]
     assert img.shape == (3, 64, 64)
     line = f"data facts measured on 100 training images: 28 px, grayscale, mean {pixels.mean():.2f} std "
-    assert capsys.readouterr().out == f"{line}{pixels.std():.2f}, policy digits\n"
+    assert caplog.messages == [f"{line}{pixels.std():.2f}, policy digits"]
 
 
 def test_rgb_files_with_equal_channels_are_grayscale(folders):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from training.data.facts import FACTS, MEASURED, DatasetFacts, describe, measure
 from training.data.presets import EvalPreset, TrainPreset, eval_resize_size
 from training.data.splits import RawSplits, Transformed, limit_per_class
 from training.models import resolve_input_size
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -102,7 +105,7 @@ def build_datasets(cfg: DataConfig, arch: str, seed: int) -> DataBundle:
         raise ConvserveError(f"dataset {cfg.name} has an empty train or val split")
     facts = dataset_facts(cfg, raw, seed)
     if facts.measured_on and _is_main_process():
-        print(describe(facts), flush=True)
+        log.info(describe(facts))
     # --mean / --std (data.mean / data.std) override the dataset's own
     pre = preprocessing_for(facts, arch, cfg.input_size, cfg.mean, cfg.std)
     train_tf, eval_tf = TrainPreset(pre, facts.policy, cfg.augment), EvalPreset(pre)
