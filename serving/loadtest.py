@@ -14,10 +14,11 @@ Stops by itself: closed loop after --requests measured answers or --duration sec
 loop after --duration seconds of arrivals (--step-duration per capacity step, at most --max-steps) and the
 answers still due; never later than --max-duration seconds for the whole run. Warm-up requests are not counted.
 An open-loop run whose client could not send on time (or hit --max-in-flight) is marked INVALID: its figures
-describe the client, not the server. TorchServe's metrics page (--metrics-url, default the URL's host on port
-8082) is read before and after each open-loop run to split the server's time into queue and worker time.
+describe the client, not the server. TorchServe's metrics page (--metrics-url; default: from --run-dir, else the
+URL's host on port 8082) is read before and after each open-loop run to split the server's time into queue and
+worker time.
 --output-dir writes results.json, results.csv and latency.png (percentiles vs offered rate).
-The token (TorchServe's inference key) can also come from $CONVSERVE_TOKEN.
+The token (TorchServe's inference key) can also come from $CONVSERVE_TOKEN or the --run-dir's key file.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from serving.capacity import find_capacity
 from serving.load_report import capacity_lines, check_output_dir, open_loop_lines, table_lines, write_results
 from serving.loadgen import LoadPlan, read_payloads, run_load_sync, summary_lines
 from serving.open_loop import OpenLoopPlan, run_open_loop_sync
-from serving.server_metrics import default_metrics_url
+from serving.recorded_server import RecordedServer
+from serving.server_metrics import default_metrics_url, recorded_metrics_url
 
 # flags that only an open-loop run or a capacity search reads
 OPEN_LOOP_ONLY = ("arrivals", "max_in_flight", "late_ms", "metrics_url", "output_dir", "seed")
@@ -66,6 +68,12 @@ def build_parser() -> CliParser:
         "--token",
         default=os.environ.get("CONVSERVE_TOKEN"),
         help="bearer token (inference key); write --token=KEY, keys may start with '-'",
+    )
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="the server's run folder (serve.py --run-dir): its metrics page, and its inference key without --token",
     )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     p.add_argument("--max-duration", type=float, default=600.0, help="hard cap in seconds on the whole run")
@@ -117,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         raise ConvserveError(f"{args.output} exists; pass --force to overwrite it")
     if args.output_dir is not None:
         check_output_dir(args.output_dir, args.force)
+    if args.run_dir is not None:
+        server = RecordedServer.read(args.run_dir)
+        args.token = args.token or server.inference_key()
+        args.metrics_url = args.metrics_url or recorded_metrics_url(server)
     if args.find_capacity:
         return _capacity(args)
     if args.rate is not None:

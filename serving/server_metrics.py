@@ -17,11 +17,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict
+
+from common.errors import ConvserveError
+
+if TYPE_CHECKING:  # the load generator reads pages, not /proc: it need not import the process helpers
+    from serving.recorded_server import RecordedServer
 
 DEFAULT_METRICS_PORT = 8082
 REQUESTS = "ts_inference_requests"  # family names as the parser gives them (the "_total" suffix goes)
@@ -61,6 +67,18 @@ def default_metrics_url(url: str, port: int = DEFAULT_METRICS_PORT) -> str:
     parts = urlsplit(url)
     host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
     return urlunsplit((parts.scheme, f"{host}:{port}", "/metrics", "", ""))
+
+
+def recorded_metrics_url(server: RecordedServer) -> str:
+    """The metrics page of a server serve.py started (its run folder's config.properties); a wildcard bind is
+    reached on loopback."""
+    address = server.addresses.get("metrics_address")
+    if not address:
+        raise ConvserveError(f"{server.run_dir / 'config.properties'} names no metrics_address")
+    parts = urlsplit(address)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(parts.hostname or "", parts.hostname or "")
+    host = f"[{host}]" if ":" in host else host
+    return urlunsplit((parts.scheme, f"{host}:{parts.port or DEFAULT_METRICS_PORT}", "/metrics", "", ""))
 
 
 def parse_counters(text: str, model: str | None = None) -> ServerCounters | None:

@@ -48,7 +48,7 @@ def test_server_split_from_the_real_metrics_page(server, photos):  # noqa: F811
 def test_cli_rate_writes_the_server_split(server, photos, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "load"
     argv = ["--url", server.predictions_url("digits"), "--images", str(photos["chelsea"]), "--rate", "6"]
-    argv += ["--duration", "1.5", "--late-ms", "100", "--metrics-url", f"{server.metrics_url}/metrics"]
+    argv += ["--duration", "1.5", "--late-ms", "100", "--run-dir", str(server.run_dir)]  # the metrics page from it
     argv += ["--output-dir", str(out), "--no-plot"]
     assert loadtest_main(argv) == 0
     assert "server, per request: queued" in capsys.readouterr().out
