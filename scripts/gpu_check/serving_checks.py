@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from gpu_check.context import Context
+from gpu_check.plan import Plan
 from gpu_check.report import Row, verdict
 from gpu_check.runs import call_cli
 from gpu_check.training_checks import autocast_run
@@ -99,23 +100,10 @@ def agreement(reference: list[dict[str, float]], answers: list[dict[str, float]]
     return agree
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def check_serve(ctx: Context, backend: str) -> Row:
-    from serving.classifier import Classifier
+def serving_speed(clf, images: list[bytes], plan: Plan) -> tuple[float, float]:
+    """(p50 ms of single-image predict() calls, images/s of predict() calls of ``plan.serve_batch`` images)."""
     from serving.latency_stats import LatencyStats
 
-    plan, folder, images = ctx.plan, artifact(ctx), check_image_bytes(ctx)
-    threads = plan.serve_threads
-    reference = Classifier.from_artifact(folder, backend=backend, device="cpu", threads=threads).predict(images)
-    if plan.device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    clf = Classifier.from_artifact(folder, backend=backend, device=plan.device, threads=threads)
-    answers = clf.predict(images)
-    agree = agreement(reference, answers)
     batch = [images[i % len(images)] for i in range(plan.serve_batch)]
     for _ in range(3):  # warm-up: cuDNN's algorithm choice, the allocator
         clf.predict(images[:1])
@@ -123,34 +111,48 @@ def check_serve(ctx: Context, backend: str) -> Row:
     samples = []
     for i in range(plan.latency_repeats):
         start = time.perf_counter()
-        clf.predict([images[i % len(images)]])
+        clf.predict([images[i % len(images)]])  # returns CPU tensors' values: the device work is done
         samples.append(time.perf_counter() - start)
-    p50 = LatencyStats.from_seconds(samples).p50_ms
     start = time.perf_counter()
     for _ in range(plan.batch_repeats):
         clf.predict(batch)
-    _sync(plan.device)
     per_s = plan.batch_repeats * len(batch) / (time.perf_counter() - start)
+    return LatencyStats.from_seconds(samples).p50_ms, per_s
+
+
+def check_serve(ctx: Context, backend: str) -> Row:
+    from export.check_images import SAMPLE_PHOTOS
+    from serving.classifier import Classifier
+
+    plan, folder, images = ctx.plan, artifact(ctx), check_image_bytes(ctx)
+    threads = plan.serve_threads
+    reference = Classifier.from_artifact(folder, backend=backend, device="cpu", threads=threads).predict(images)
+    if plan.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    clf = Classifier.from_artifact(folder, backend=backend, device=plan.device, threads=threads)
+    agree = agreement(reference, clf.predict(images))
+    p50, per_s = serving_speed(clf, images, plan)
     peak = torch.cuda.max_memory_allocated() / 2**20 if plan.device == "cuda" else None
     ok = agree == len(images) and (plan.dry_run or bool(peak))
-    peak_text = f"peak GPU {peak:.0f} MB" if peak else "no GPU memory (CPU)"
+    photos = len(SAMPLE_PHOTOS)
     return Row(
         f"serve-{backend}",
         verdict(ok),
-        f"top-1 equal to CPU on {agree}/{len(images)} images; batch-1 p50 {p50:.2f} ms; batch-{len(batch)} "
-        f"{per_s:,.0f} img/s; {peak_text}",
+        f"top-1 equal to CPU on {agree}/{len(images)} images; batch-1 p50 {p50:.2f} ms; batch-{plan.serve_batch} "
+        f"{per_s:,.0f} img/s; " + (f"peak GPU {peak:.0f} MB" if peak else "no GPU memory (CPU)"),
         "top-1 equal to the CPU on every check image" + ("" if plan.dry_run else "; GPU memory measured"),
         f"serving.classifier.Classifier.from_artifact(ARTIFACT, backend={backend!r}, device={plan.device!r}) "
         "against the same backend on the CPU, on encoded PNG bytes (decode, preprocess, model, top-5 as a request "
-        f"is served): {len(images) - 6} test images of the checkpoint's dataset and 6 scikit-image photos. p50 of "
-        f"{plan.latency_repeats} single-image predict() calls; throughput of {plan.batch_repeats} predict() calls "
-        f"of {len(batch)} images (decode and preprocess on the CPU included); peak torch.cuda memory while "
-        f"serving. Top-1 may differ only where the CPU's two best probabilities are within {TIE:g} (TF32).",
+        f"is served): {len(images) - photos} test images of the checkpoint's dataset and {photos} scikit-image "
+        f"photos. p50 of {plan.latency_repeats} single-image predict() calls; throughput of {plan.batch_repeats} "
+        f"predict() calls of {plan.serve_batch} images (decode and preprocess on the CPU included); peak "
+        f"torch.cuda memory while serving. Top-1 may differ only where the CPU's two best probabilities are "
+        f"within {TIE:g} (TF32).",
         {
             "agree": agree,
             "images": len(images),
             "p50_ms": p50,
-            "batch": len(batch),
+            "batch": plan.serve_batch,
             "images_per_s": per_s,
             "peak_gpu_mem_mb": peak,
         },  # fmt: skip

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +16,7 @@ from torch import nn
 from common.devices import choose_device
 from gpu_check.context import Context
 from gpu_check.device_input import DeviceAugment, ResidentImages
-from gpu_check.plan import EPOCH_IMAGES, ThroughputCase
+from gpu_check.plan import EPOCH_IMAGES, Plan, ThroughputCase
 from gpu_check.report import Row, verdict
 from gpu_check.synthetic_cifar import write_synthetic_cifar10
 
@@ -58,16 +58,14 @@ def _sync(device: torch.device) -> None:
 
 
 @dataclass
-class Timing:
-    steps: int
-    seconds: float
-    loss: float
+class TrainingStep:
+    model: nn.Module  # uncompiled: FLOPs are counted on it
     precision: str
-    model: nn.Module
+    run: Callable[[], torch.Tensor]  # one step on the next batch; returns the loss (no host sync)
 
 
-def time_training_steps(ctx: Context, case: ThroughputCase, data: CifarSet) -> Timing:
-    """Warm-up steps, then steps until one epoch of ``data`` or the time budget, between two device syncs."""
+def training_step(plan: Plan, case: ThroughputCase, data: CifarSet, device: torch.device) -> TrainingStep:
+    """The model with its recipe's optimizer and loss, autocast, channels-last, fed by the device pipeline."""
     from training.config import build_config
     from training.data.facts import FACTS
     from training.data.registry import preprocessing_for
@@ -75,12 +73,11 @@ def time_training_steps(ctx: Context, case: ThroughputCase, data: CifarSet) -> T
     from training.models import build_model
     from training.trainer import make_optimizer
 
-    plan, device = ctx.plan, choose_device(ctx.plan.device)  # cuda:0, as the trainer names it (rates cached)
     cfg = build_config({}, {"model": case.arch, "dataset": "cifar10", "input_size": case.input_size})
     pre = preprocessing_for(FACTS["cifar10"], case.arch, case.input_size)
     m = cfg.model
     model, _ = build_model(m.arch, 10, pre.input_size, m.activation, m.small_input_stem, m.dropout, False, m.init)
-    model = model.to(device).to(memory_format=torch.channels_last)
+    model = model.to(device).to(memory_format=torch.channels_last).train()
     optimizer = make_optimizer(cfg, model)  # the trainer's: fused AdamW with the model's recipe
     precision = resolve_precision("auto", device)
     scaler = precision.scaler(device)
@@ -89,7 +86,7 @@ def time_training_steps(ctx: Context, case: ThroughputCase, data: CifarSet) -> T
     augment = DeviceAugment(pre, device)
     batches = ResidentImages(data.images, data.labels, device, plan.throughput_batch)
 
-    def step() -> torch.Tensor:
+    def run() -> torch.Tensor:
         images, target = batches.next()
         with precision.autocast(device) or contextlib.nullcontext():
             loss = criterion(forward(augment(images)), target)
@@ -103,74 +100,81 @@ def time_training_steps(ctx: Context, case: ThroughputCase, data: CifarSet) -> T
             optimizer.step()
         return loss
 
-    model.train()
+    return TrainingStep(model, precision.precision, run)
+
+
+def time_steps(step: TrainingStep, plan: Plan, per_epoch: int, device: torch.device) -> tuple[int, float, float]:
+    """Warm-up steps, then steps until one epoch or the time budget, between two device syncs:
+    (steps, seconds, last loss)."""
     with cudnn_autotune():
         for _ in range(plan.warmup_steps):
-            step()
+            step.run()
         _sync(device)
-        per_epoch = len(data.images) // plan.throughput_batch
         steps, start = 0, time.perf_counter()
         # no sync inside the loop: the host runs ahead of the device by the launch queue and no further
         while steps < per_epoch and time.perf_counter() - start < plan.timed_budget_s:
-            loss = step()
+            loss = step.run()
             steps += 1
         _sync(device)
         seconds = time.perf_counter() - start
-    return Timing(steps, seconds, float(loss.detach()), precision.precision, model)
+    return steps, seconds, float(loss.detach())
+
+
+def what_is_timed(plan: Plan, case: ThroughputCase, steps: int, images: int, precision: str) -> str:
+    return (
+        f"Timed: {steps} training steps after {plan.warmup_steps} warm-up steps, between two device syncs "
+        f"(cuDNN autotuning on). Each step: the next {plan.throughput_batch} indices of a permutation made on the "
+        f"device; a gather of those uint8 32 px images, which stay resident on the device ({images:,} "
+        "synthetic images in the CIFAR-10 python format, read by training/data's loader: train and val splits); "
+        f"on the device, TrainPreset's small policy (resize to {case.input_size} px, pad-crop by "
+        f"{max(1, case.input_size // 8)} px, flip, normalise), channels-last; forward and label-smoothed "
+        f"cross-entropy under {precision} autocast{', torch.compile' if plan.compile else ''}; backward; the "
+        "trainer's fused AdamW step (training.trainer.make_optimizer with the model's recipe)"
+        + (" and the GradScaler" if precision == "fp16" else "")
+        + ". Not timed: the trainer's per-step loss.item() and accuracy meters (host syncs) and its DataLoader "
+        "(the trainer has no device-resident input path). FLOPs per image from torch's FlopCounterMode "
+        "(hardware.flops); the GEMM rate is torch.mm measured in this command (hardware.rates)."
+    )
 
 
 def check_throughput(ctx: Context, case: ThroughputCase) -> Row:
     from training.engine.throughput import training_rate
 
-    plan, device = ctx.plan, choose_device(ctx.plan.device)
+    plan, device = ctx.plan, choose_device(ctx.plan.device)  # cuda:0, as the trainer names it (rates cached)
     data = synthetic_cifar(ctx)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    t = time_training_steps(ctx, case, data)
+    step = training_step(plan, case, data, device)
+    steps, seconds, loss = time_steps(step, plan, len(data.images) // plan.throughput_batch, device)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
-    images_per_s = t.steps * plan.throughput_batch / t.seconds
+    images_per_s = steps * plan.throughput_batch / seconds
     epoch_s = EPOCH_IMAGES / images_per_s
-    speed = training_rate(t.model, case.input_size, device, t.precision, images_per_s)
-    basis = speed["matmul_fraction_basis"]
-    gemm = speed["matmul_gflops_per_s"][basis]
-    fraction = speed["matmul_fraction"]
-    ok = math.isfinite(t.loss) and t.steps > 0 and (plan.dry_run or epoch_s <= case.target_s_per_epoch)
-    compiled = ", torch.compile" if plan.compile else ""
-    peak_text = f"; peak GPU {peak:.0f} MB" if peak else ""
+    speed = training_rate(step.model, case.input_size, device, step.precision, images_per_s)
+    basis, fraction = speed["matmul_fraction_basis"], speed["matmul_fraction"]
+    ok = math.isfinite(loss) and steps > 0 and (plan.dry_run or epoch_s <= case.target_s_per_epoch)
     return Row(
         f"throughput-{case.arch}",
         verdict(ok),
-        f"{case.arch} {case.input_size} px, batch {plan.throughput_batch}, {t.precision}{compiled}: "
-        f"{images_per_s:,.0f} img/s = {epoch_s:.2f} s per {EPOCH_IMAGES:,}-image epoch (synthetic pixels); "
-        f"{speed['train_gflops_per_s'] / 1e3:.1f} TFLOP/s = {100 * fraction:.1f} % of the {basis} GEMM rate "
-        f"({gemm / 1e3:.1f} TFLOP/s){peak_text}",
+        f"{case.arch} {case.input_size} px, batch {plan.throughput_batch}, {step.precision}"
+        f"{', torch.compile' if plan.compile else ''}: {images_per_s:,.0f} img/s = {epoch_s:.2f} s per "
+        f"{EPOCH_IMAGES:,}-image epoch (synthetic pixels); {speed['train_gflops_per_s'] / 1e3:.1f} TFLOP/s = "
+        f"{100 * fraction:.1f} % of the {basis} GEMM rate ({speed['matmul_gflops_per_s'][basis] / 1e3:.1f} "
+        f"TFLOP/s)" + (f"; peak GPU {peak:.0f} MB" if peak else ""),
         plan.target(f"≤ {case.target_s_per_epoch:g} s per {EPOCH_IMAGES:,}-image epoch"),
-        f"Timed: {t.steps} training steps after {plan.warmup_steps} warm-up steps, between two device syncs "
-        f"(cuDNN autotuning on). Each step: the next {plan.throughput_batch} indices of a permutation made on the "
-        f"device; a gather of those uint8 32 px images, which stay resident on the device ({len(data.images):,} "
-        "synthetic images in the CIFAR-10 python format, read by training/data's loader: train and val splits); "
-        f"on the device, TrainPreset's small policy (resize to {case.input_size} px, pad-crop by "
-        f"{max(1, case.input_size // 8)} px, flip, normalise), channels-last; forward and label-smoothed "
-        f"cross-entropy under {t.precision} autocast; backward; the trainer's fused AdamW step "
-        "(training.trainer.make_optimizer with the model's recipe)"
-        + (" and the GradScaler" if t.precision == "fp16" else "")
-        + ". Not timed: the trainer's per-step loss.item() and accuracy meters (host syncs) and its DataLoader "
-        "(the trainer has no device-resident input path). FLOPs per image from torch's FlopCounterMode "
-        "(hardware.flops); the GEMM rate is torch.mm measured in this command (hardware.rates).",
+        what_is_timed(plan, case, steps, len(data.images), step.precision),
         {
             "images_per_s": images_per_s,
             "seconds_per_epoch": epoch_s,
             "epoch_images": EPOCH_IMAGES,
-            "steps": t.steps,
+            "steps": steps,
             "batch": plan.throughput_batch,
-            "precision": t.precision,
+            "precision": step.precision,
             "compile": plan.compile,
-            "train_flops_per_image": speed["train_flops_per_image"],
-            "train_gflops_per_s": speed["train_gflops_per_s"],
-            "matmul_fraction": fraction,
-            "matmul_fraction_basis": basis,
-            "matmul_gflops_per_s": speed["matmul_gflops_per_s"],
+            "loss": loss,
             "peak_gpu_mem_mb": peak,
             "synthetic_data": True,
+            **{k: speed[k] for k in ("train_flops_per_image", "train_gflops_per_s", "matmul_gflops_per_s")},
+            "matmul_fraction": fraction,
+            "matmul_fraction_basis": basis,
         },
     )
