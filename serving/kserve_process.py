@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from common.errors import ConvserveError
 from common.files import write_text_atomic
 from serving.classifier import TOP_K
+from serving.procfs import group_members
 from serving.request_gate import MIN_TOKEN_LENGTH
 from serving.torchserve_process import (
     ServerStartError,
@@ -207,21 +208,11 @@ def usage_text(server: KServeProcess) -> str:
     return "\n".join(lines)
 
 
-def _group_running(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def run_v2_server(server: KServeProcess, foreground: bool, say=print) -> int:
     """Start and wait until ready; foreground: serve until SIGINT/SIGTERM, then stop. Returns an exit code."""
     run_dir = server.run_dir
     state = run_dir / "server.json"
-    if state.exists() and _group_running(int(json.loads(state.read_text())["pgid"])):
+    if state.exists() and group_members(int(json.loads(state.read_text())["pgid"])):
         raise ConvserveError(f"a server started from {run_dir} is still running; stop it with --stop --run-dir")
     signal.signal(signal.SIGTERM, _raise_interrupt)
     server.start()

@@ -54,7 +54,8 @@ def read_token(args) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.stop:
-        print("stopped" if stop_recorded(args.run_dir) else f"no running server recorded in {args.run_dir}")
+        how = stop_recorded(args.run_dir)
+        print(f"stopped ({how})" if how else f"no running server recorded in {args.run_dir}")
         return 0
     if args.artifact is None:
         raise ConvserveError("give the artifact folder to serve (or --stop --run-dir DIR)")

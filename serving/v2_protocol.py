@@ -28,11 +28,17 @@ def json_request(images: list[bytes]) -> dict:
     return {"inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [len(images)], "data": [b64(i) for i in images]}]}
 
 
-def binary_request(images: list[bytes]) -> tuple[bytes, dict[str, str]]:
-    """Body and headers of a binary-extension request (outputs come back as JSON)."""
+def binary_request(images: list[bytes], header_length: int | None = None) -> tuple[bytes, dict[str, str]]:
+    """Body and headers of a binary-extension request (outputs come back as JSON). ``header_length`` pads the JSON
+    part with spaces to that many bytes, so that bodies of different images can share one header value (a load
+    generator sends the same headers with every body)."""
     tensor = b"".join(struct.pack("<I", len(data)) + data for data in images)
     spec = {"name": INPUT, "datatype": "BYTES", "shape": [len(images)], "parameters": {"binary_data_size": len(tensor)}}
     head = json.dumps({"inputs": [spec]}).encode()
+    if header_length is not None:
+        if header_length < len(head):
+            raise ValueError(f"the JSON part takes {len(head)} bytes, more than header_length={header_length}")
+        head = head.ljust(header_length)
     headers = {"Content-Type": "application/octet-stream", BINARY_HEADER: str(len(head))}
     return head + tensor, headers
 

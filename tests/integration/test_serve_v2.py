@@ -26,6 +26,7 @@ from tritonclient.utils import InferenceServerException
 from serving.archive_builder import build_archive
 from serving.classifier import Classifier
 from serving.kserve_process import TEST_LOAD_DELAY_ENV, TOKEN_ENV, KServeProcess, V2ServerSettings
+from serving.procfs import group_members
 from serving.torchserve_process import ServerSettings, ServerStartError, TorchServeProcess
 from serving.v2_protocol import INPUT, LABELS, MAX_IMAGES, PROBABILITIES, answers, b64, binary_request, json_request
 from tests.serving_helpers import build_artifact, free_port
@@ -382,15 +383,7 @@ def test_cli_in_the_background_returns_when_ready_and_stops_with_stop(artifact, 
     assert again.returncode == 2 and "still running" in again.stderr
     stopped = cli("--stop", "--run-dir", str(run_dir))
     assert stopped.returncode == 0 and stopped.stdout.startswith("stopped")
-    assert not running(pgid)
-
-
-def running(pid: int) -> bool:
-    """The server process still runs (a zombie does not: once this test's CLI exited, only init may reap it)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+    assert not group_members(pgid)  # zombies aside: once the CLI exited, only init may reap the server
 
 
 def test_cli_foreground_with_a_token_and_a_clean_stop_on_sigterm(artifact, tmp_path, photos):

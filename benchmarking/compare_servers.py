@@ -1,0 +1,110 @@
+"""Serve one artifact through TorchServe (no batching, then dynamic batching) and through the v2 server (KServe's
+ModelServer), one at a time on this machine's CPUs, and write the side-by-side figures.
+
+python benchmarking/compare_servers.py --artifact artifacts/X --output-dir docs/benchmarks/servers
+python benchmarking/compare_servers.py --artifact artifacts/X --output-dir /tmp/servers --quick     # smoke check
+
+Writes OUTPUT_DIR/results.json and results.md: cold start, latency at concurrency 1, throughput at --concurrency,
+server RSS and CPU per request, capacity at p99 <= --p99-ms (open loop), with the machine and its load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarking.machine import describe_machine, load_average
+from benchmarking.server_comparison import (
+    ComparisonPlan,
+    ComparisonResults,
+    compare_servers,
+    comparison_table,
+    notable_flags,
+)
+from benchmarking.suite import write_photos
+from common.errors import CliParser, ConvserveError, run_cli
+from common.files import read_image_bytes, write_text_atomic
+from export.artifact import read_card
+
+QUICK = {"latency_requests": 10, "load_duration_s": 1.5, "warmup": 2, "capacity_step_s": 1.5, "capacity_max_s": 10.0}
+
+
+def build_parser() -> CliParser:
+    p = CliParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--artifact", type=Path, required=True, help="the artifact folder both servers serve")
+    p.add_argument("--output-dir", type=Path, required=True, help="results.json and results.md")
+    p.add_argument("--images", type=Path, nargs="+", help="request images (default: scikit-image's photos as JPEG)")
+    p.add_argument("--backend", default="onnx", help="the artifact's model file both servers run")
+    p.add_argument("--threads", type=int, help="intra-op threads of each server (default: the usable CPUs, max 8)")
+    p.add_argument("--concurrency", type=int, default=16, help="clients of the throughput load")
+    p.add_argument("--load-duration", type=float, default=20.0, help="seconds of the throughput load")
+    p.add_argument("--latency-requests", type=int, default=300, help="requests at concurrency 1")
+    p.add_argument("--p99-ms", type=float, default=100.0, help="the latency bound of the capacity search")
+    p.add_argument("--work-dir", type=Path, help="keep archives and server logs here (default: temporary)")
+    p.add_argument("--quick", action="store_true", help="a few requests and seconds each (figures meaningless)")
+    p.add_argument("--force", action="store_true", help="overwrite results in --output-dir")
+    return p
+
+
+def request_images(paths: list[Path] | None, work: Path) -> list[tuple[str, bytes, str]]:
+    if not paths:
+        paths, _ = write_photos(work / "images")
+    kinds = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+    return [(p.name, read_image_bytes(p), kinds.get(p.suffix.lower(), "application/octet-stream")) for p in paths]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    outputs = [args.output_dir / "results.json", args.output_dir / "results.md"]
+    if not args.force and any(p.exists() for p in outputs):
+        raise ConvserveError(f"{args.output_dir} holds results already; pass --force to overwrite them")
+    card = read_card(args.artifact)
+    machine = describe_machine()
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="convserve-servers-"))
+    plan = ComparisonPlan(
+        artifact=args.artifact.resolve(),
+        images=request_images(args.images, work),
+        work_dir=work,
+        backend=args.backend,
+        threads=args.threads,
+        latency_requests=args.latency_requests,
+        concurrency=args.concurrency,
+        load_duration_s=args.load_duration,
+        p99_ms=args.p99_ms,
+    )
+    if args.quick:
+        plan.torchserve_batchings = plan.torchserve_batchings[:1]
+        for key, value in QUICK.items():
+            setattr(plan, key, value)
+    servers = compare_servers(plan)
+    machine.load_average_end = load_average()
+    results = ComparisonResults(
+        command=shlex.join(["python", "benchmarking/compare_servers.py", *(sys.argv[1:] if argv is None else argv)]),
+        artifact=str(args.artifact),
+        model=f"{card.name} ({card.arch}, {card.preprocessing.input_size} px)",
+        backend=args.backend,
+        intra_op_threads=plan.intra_op_threads,
+        images=[name for name, _, _ in plan.images],
+        machine=machine,
+        cpu_flags=notable_flags(),
+        servers=servers,
+    )
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(outputs[0], results.model_dump_json(indent=1) + "\n")
+    write_text_atomic(outputs[1], f"`{results.command}`\n\n" + comparison_table(results, args.p99_ms))
+    print(comparison_table(results, args.p99_ms))
+    for path in outputs:
+        print(f"wrote {path}")
+    return 0
+
+
+def cli() -> None:
+    """The ``convserve-compare-servers`` entry point: ``main`` behind the one-line error edge."""
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

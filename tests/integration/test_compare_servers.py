@@ -1,0 +1,36 @@
+"""benchmarking/compare_servers.py --quick for real: TorchServe and the v2 server, one after the other, on a small
+artifact with real photos; both rows measured, nothing failed, the machine and its load stated."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.serving_helpers import build_artifact, random_run
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_quick_comparison_measures_both_servers(tmp_path, photos):
+    artifact = build_artifact(random_run(tmp_path / "run", channels=3), tmp_path / "artifact", formats=("onnx",))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "benchmarking/compare_servers.py", "--artifact", str(artifact), "--output-dir", str(out)]
+    cmd += ["--quick", "--images", str(photos["chelsea"]), str(photos["camera"])]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    servers = {s["server"]: s for s in results["servers"]}
+    assert set(servers) == {"TorchServe (no batching)", "KServe ModelServer (v2)"}
+    for s in servers.values():
+        assert s["errors"] == {} and s["latency_c1"]["count"] >= 1 and s["throughput_rps"] > 0
+        assert s["cold_start_s"] > 0 and s["rss_mb"] > 0 and s["cpu_ms_per_request"] > 0
+    assert servers["KServe ModelServer (v2)"]["request_form"] == "v2 binary extension"
+    table = (out / "results.md").read_text()
+    assert results["machine"]["cpu_model"] in table and "load average" in table
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "--force" in again.stderr
