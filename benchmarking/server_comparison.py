@@ -253,6 +253,10 @@ def comparison_table(results: ComparisonResults, p99_ms: float) -> str:
             f"| {_ms(s.latency_c1.p99_ms)} ms | {s.throughput_rps:.1f} req/s | {_ms(s.rss_mb)} MB ({s.processes}) "
             f"| {_ms(s.cpu_ms_per_request)} ms | {capacity} |"
         )
+    lines.append("")
+    for s in results.servers:
+        memory = ", ".join(f"{role} {mb:.0f} MB" for role, mb in s.rss_by_role_mb.items())
+        lines.append(f"- {s.server}: RSS {memory}; capacity search: {s.capacity_note}")
     errors = {s.server: s.errors for s in results.servers if s.errors}
     lines += ["", f"Errors: {errors or 'none'}."]
     return "\n".join(lines) + "\n"
