@@ -27,8 +27,11 @@ class HandlerSettings(BaseModel):
 
 @dataclass
 class ArchiveSettings:
-    batch_size: int = 4
-    max_batch_delay_ms: int = 50
+    # TorchServe's dynamic batching, chosen by measurement (docs/benchmarks, "Batching default";
+    # benchmarking/choose_batching.py re-measures it): a batch waits at most 2 ms for company, so a lone request
+    # pays ~2 ms, while under load the queue fills batches of up to 16 at once
+    batch_size: int = 16
+    max_batch_delay_ms: int = 2
     # None: not written into the archive, so TorchServe starts default_workers_per_model, which serve.py
     # derives from the CPUs of the machine that serves (not of the one that built the archive)
     min_workers: int | None = None

@@ -125,7 +125,9 @@ def run_soak(plan: SoakPlan, say: Callable[[str], None] = print) -> SoakReport:
     for index, seconds in enumerate(window_lengths(plan.minutes * 60, plan.window_s)):
         windows.append(_window(index, plan, seconds, server))
         w = windows[-1]
-        say(f"window {index}: {w.ok} ok, errors {w.errors or 'none'}, p99 {w.p99_ms} ms, worker RSS {w.worker_rss_mb}")
+        p99 = "–" if w.p99_ms is None else f"{w.p99_ms:.1f}"
+        rss = "–" if w.worker_rss_mb is None else f"{w.worker_rss_mb:.1f}"
+        say(f"window {index}: {w.ok} ok, errors {w.errors or 'none'}, p99 {p99} ms, worker RSS {rss} MB")
     machine.load_average_end = load_now()
     errors: dict[str, int] = {}
     for w in windows:
