@@ -65,19 +65,21 @@ class ClassifierModel(Model):
         backend: str = "auto",
         threads: int | None = None,
         top_k: int = TOP_K,
+        device: str = "auto",
     ):
         super().__init__(name)
         self.artifact = Path(artifact)
         self.card = read_card(self.artifact)  # a folder that is no artifact fails here, before any port opens
         pick_model_file(self.card, backend)
         self.backend = backend
+        self.device = device
         self.threads = threads
         self.top_k = max(1, min(top_k, self.card.num_classes))  # as Classifier keeps it; known before load
         self.classifier: Classifier | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"convserve-{name}")
 
     def load(self) -> bool:
-        classifier = Classifier.from_artifact(self.artifact, self.backend, "cpu", self.threads, self.top_k)
+        classifier = Classifier.from_artifact(self.artifact, self.backend, self.device, self.threads, self.top_k)
         share_cores(classifier.backend)
         self.classifier = classifier
         self.ready = True

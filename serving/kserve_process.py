@@ -52,6 +52,7 @@ class V2ServerSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8080
     backend: str = "auto"
+    device: str = "auto"
     threads: int | None = Field(None, ge=1)
     top_k: int = Field(TOP_K, ge=1)
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)

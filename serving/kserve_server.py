@@ -179,7 +179,9 @@ def main(argv: list[str]) -> int:
     # warning (four lines on the console) per request
     warnings.filterwarnings("ignore", category=FastAPIDeprecationWarning)
     settings = V2ServerSettings.model_validate_json(Path(argv[0]).read_text())
-    model = ClassifierModel(settings.model_name, settings.artifact, settings.backend, settings.threads, settings.top_k)
+    model = ClassifierModel(
+        settings.model_name, settings.artifact, settings.backend, settings.threads, settings.top_k, settings.device
+    )
     app.add_middleware(RequestGate, token=os.environ.get(TOKEN_ENV) or None, max_body_bytes=settings.max_body_bytes)
     app.add_exception_handler(InputError, _input_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -30,6 +30,7 @@ def build_parser() -> CliParser:
     p.add_argument("--host", default="127.0.0.1", help="listen address; beyond loopback needs a token")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--backend", default="auto", help="auto|onnx|torchscript|eager|onnx-fp16|onnx-int8")
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, help="intra-op threads (default: the usable CPUs, at most 8)")
     p.add_argument("--top-k", type=int, default=TOP_K, help="classes in each answer, most likely first")
     p.add_argument("--token-file", type=Path, help="file holding the bearer token (a mounted Secret)")
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             host=args.host,
             port=args.port,
             backend=args.backend,
+            device=args.device,
             threads=args.threads,
             top_k=args.top_k,
             max_body_bytes=max(1, int(args.max_request_mb * 1024 * 1024)),
