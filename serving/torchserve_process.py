@@ -337,10 +337,27 @@ def stop_group(pgid: int, timeout: float = 30.0, reap=None) -> str | None:
         if reap is not None:
             reap()
         if not _group_alive(pgid):
+            _await_reaping(pgid, reap)
             return "terminated"
         time.sleep(0.2)
     os.killpg(pgid, signal.SIGKILL)
     return "killed"
+
+
+def _await_reaping(pgid: int, reap=None, patience: float = 2.0) -> None:
+    """Give the group's zombies a moment to be reaped by parents that still run (java reaps its workers, the
+    launcher java); a zombie whose parent never reaps (an orphan under such an init) is left after ``patience``."""
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        if reap is not None:
+            reap()
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            return
+        time.sleep(0.05)
 
 
 def stop_recorded(run_dir: Path, timeout: float = 30.0) -> str | None:
