@@ -1,5 +1,5 @@
-"""Serve one artifact through TorchServe (no batching, then dynamic batching) and through the v2 server (KServe's
-ModelServer), one at a time on this machine's CPUs, and write the side-by-side figures.
+"""Serve one artifact through TorchServe (no batching, then the archive's default batching) and through the v2
+server (KServe's ModelServer), one at a time on this machine's CPUs, and write the side-by-side figures.
 
 python benchmarking/compare_servers.py --artifact artifacts/X --output-dir docs/benchmarks/servers
 python benchmarking/compare_servers.py --artifact artifacts/X --output-dir /tmp/servers --quick     # smoke check

@@ -32,6 +32,7 @@ from serving.torchserve_process import ServerSettings, TorchServeProcess, free_p
 from serving.v2_protocol import binary_request
 
 MODEL = "model"
+SHIPPED = Batching(batch_size=ArchiveSettings().batch_size, max_batch_delay_ms=ArchiveSettings().max_batch_delay_ms)
 
 
 @dataclass
@@ -41,11 +42,9 @@ class ComparisonPlan:
     work_dir: Path
     backend: str = "onnx"
     threads: int | None = None  # None: default_threads() for one worker
+    # no batching, then the archive's default (what serving/archive.py ships)
     torchserve_batchings: list[Batching] = field(
-        default_factory=lambda: [
-            Batching(batch_size=1, max_batch_delay_ms=0),
-            Batching(batch_size=8, max_batch_delay_ms=5),
-        ]
+        default_factory=lambda: [Batching(batch_size=1, max_batch_delay_ms=0), SHIPPED]
     )
     latency_requests: int = 300
     concurrency: int = 16
