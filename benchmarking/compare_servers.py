@@ -6,6 +6,13 @@ python benchmarking/compare_servers.py --artifact artifacts/X --output-dir /tmp/
 
 Writes OUTPUT_DIR/results.json and results.md: cold start, latency at concurrency 1, throughput at --concurrency,
 server RSS and CPU per request, capacity at p99 <= --p99-ms (open loop), with the machine and its load average.
+
+--capacity KIND...: instead, the capacity at p99 <= --p99-ms of TorchServe's default deployment of each KIND (the
+archive's default batching, workers and threads; stock: TorchServe's own image_classifier handler on the eager
+weights), one server at a time; writes OUTPUT_DIR/capacity.json and capacity.md (p50/p99, the server's queue and
+worker time and the mean batch at the capacity, how each search ended). For AlexNet, ~3 min a kind on 2 CPUs:
+python export/to_onnx.py --torchvision alexnet --random-weights --quantize int8 --output-dir /tmp/alexnet-224
+python benchmarking/compare_servers.py --artifact /tmp/alexnet-224 --output-dir D --capacity onnx onnx-int8 stock
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarking.default_capacity import KINDS, CapacityResults, capacity_table, measure_kinds
 from benchmarking.machine import describe_machine, load_average
 from benchmarking.server_comparison import (
     ComparisonPlan,
@@ -27,9 +35,9 @@ from benchmarking.server_comparison import (
 from benchmarking.suite import write_photos
 from common.errors import CliParser, ConvserveError, run_cli
 from common.files import read_image_bytes, write_text_atomic
-from export.artifact import read_card
+from export.artifact import ModelCard, read_card
 
-QUICK = {"latency_requests": 10, "load_duration_s": 1.5, "warmup": 2, "capacity_step_s": 1.5, "capacity_max_s": 10.0}
+QUICK = {"latency_requests": 10, "load_duration_s": 1.5, "warmup": 2, "capacity_step_s": 1.5, "capacity_max_s": 25.0}
 
 
 def build_parser() -> CliParser:
@@ -44,6 +52,13 @@ def build_parser() -> CliParser:
     p.add_argument("--latency-requests", type=int, default=300, help="requests at concurrency 1")
     p.add_argument("--p99-ms", type=float, default=100.0, help="the latency bound of the capacity search")
     p.add_argument("--work-dir", type=Path, help="keep archives and server logs here (default: temporary)")
+    p.add_argument(
+        "--capacity",
+        nargs="+",
+        choices=KINDS,
+        metavar="KIND",
+        help=f"only the capacity of the default deployment of each KIND ({', '.join(KINDS)})",
+    )
     p.add_argument("--quick", action="store_true", help="a few requests and seconds each (figures meaningless)")
     p.add_argument("--force", action="store_true", help="overwrite results in --output-dir")
     return p
@@ -57,13 +72,18 @@ def request_images(paths: list[Path] | None, work: Path) -> list[tuple[str, byte
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    outputs = [args.output_dir / "results.json", args.output_dir / "results.md"]
-    if not args.force and any(p.exists() for p in outputs):
-        raise ConvserveError(f"{args.output_dir} holds results already; pass --force to overwrite them")
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.capacity and args.threads is not None:
+        p.error("--threads does not apply to --capacity: the default deployment chooses its own threads")
+    stem = "capacity" if args.capacity else "results"
+    outputs = [args.output_dir / f"{stem}.json", args.output_dir / f"{stem}.md"]
+    if not args.force and any(path.exists() for path in outputs):
+        raise ConvserveError(f"{args.output_dir} holds {stem} already; pass --force to overwrite them")
     card = read_card(args.artifact)
     machine = describe_machine()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="convserve-servers-"))
+    command = shlex.join(["python", "benchmarking/compare_servers.py", *(sys.argv[1:] if argv is None else argv)])
     plan = ComparisonPlan(
         artifact=args.artifact.resolve(),
         images=request_images(args.images, work),
@@ -79,10 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         plan.torchserve_batchings = plan.torchserve_batchings[:1]
         for key, value in QUICK.items():
             setattr(plan, key, value)
+    if args.capacity:
+        return _capacity(args, card, plan, machine, command, outputs)
     servers = compare_servers(plan)
     machine.load_average_end = load_average()
     results = ComparisonResults(
-        command=shlex.join(["python", "benchmarking/compare_servers.py", *(sys.argv[1:] if argv is None else argv)]),
+        command=command,
         artifact=str(args.artifact),
         model=f"{card.name} ({card.arch}, {card.preprocessing.input_size} px)",
         backend=args.backend,
@@ -92,13 +114,37 @@ def main(argv: list[str] | None = None) -> int:
         cpu_flags=notable_flags(),
         servers=servers,
     )
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(outputs[0], results.model_dump_json(indent=1) + "\n")
-    write_text_atomic(outputs[1], f"`{results.command}`\n\n" + comparison_table(results, args.p99_ms))
-    print(comparison_table(results, args.p99_ms))
+    _write(outputs, results.model_dump_json(indent=1), command, comparison_table(results, args.p99_ms))
+    return 0
+
+
+def _capacity(args, card: ModelCard, plan: ComparisonPlan, machine, command: str, outputs: list[Path]) -> int:
+    measured, skipped = measure_kinds(plan, args.capacity)
+    machine.load_average_end = load_average()
+    results = CapacityResults(
+        command=command,
+        artifact=str(args.artifact),
+        model=f"{card.name} ({card.arch}, {card.preprocessing.input_size} px)",
+        random_weights=card.source.random_weights,
+        images=[name for name, _, _ in plan.images],
+        machine=machine,
+        cpu_flags=notable_flags(),
+        p99_ms=args.p99_ms,
+        step_duration_s=plan.capacity_step_s,
+        kinds=measured,
+        skipped=skipped,
+    )
+    _write(outputs, results.model_dump_json(indent=1), command, capacity_table(results))
+    return 0 if measured and all(k.capacity_rps is not None for k in measured) else 1
+
+
+def _write(outputs: list[Path], data: str, command: str, table: str) -> None:
+    outputs[0].parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(outputs[0], data + "\n")
+    write_text_atomic(outputs[1], f"`{command}`\n\n{table}")
+    print(table)
     for path in outputs:
         print(f"wrote {path}")
-    return 0
 
 
 def cli() -> None:

@@ -10,8 +10,10 @@ data extension (the same bytes behind a small JSON header) to the v2 server.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -22,7 +24,7 @@ from hardware.cpu_features import cpu_flags
 from hardware.cpu_share import default_threads
 from serving.archive_builder import build_archive
 from serving.archive_settings import ArchiveSettings, HandlerSettings
-from serving.capacity import find_capacity
+from serving.capacity import CapacityResult, find_capacity
 from serving.kserve_process import KServeProcess, V2ServerSettings
 from serving.latency_stats import LatencyStats
 from serving.loadgen import LoadPlan, LoadResult, Payload, run_load_sync
@@ -87,6 +89,7 @@ class Target:
     payloads: list[Payload]
     headers: dict[str, str]
     processes: Callable[[], list[tuple[int, str]]]  # (pid, role)
+    metrics_url: str | None = None  # TorchServe's Prometheus page: the capacity steps split queue and worker time
 
 
 def torchserve_payloads(plan: ComparisonPlan) -> tuple[list[Payload], dict[str, str]]:
@@ -101,7 +104,7 @@ def v2_payloads(plan: ComparisonPlan) -> tuple[list[Payload], dict[str, str]]:
     return [Payload(name, body, "application/octet-stream") for name, body, _ in bodies], headers
 
 
-def _closed(target: Target, concurrency: int, plan: ComparisonPlan, **bounds) -> LoadResult:
+def closed_load(target: Target, concurrency: int, plan: ComparisonPlan, **bounds) -> LoadResult:
     load = LoadPlan(target.url, target.payloads, concurrency, headers=target.headers, **bounds)
     load.warmup = max(plan.warmup, 2 * concurrency)
     load.timeout_s = 120.0
@@ -113,21 +116,17 @@ def _cpu(processes: list[tuple[int, str]]) -> float:
     return sum(cpu_seconds(pid) or 0.0 for pid, _ in processes)
 
 
-def measure(target: Target, plan: ComparisonPlan, server: str, form: str, cold_start_s: float, say) -> ServerFigures:
-    c1 = _closed(target, 1, plan, requests=plan.latency_requests, duration_s=plan.load_duration_s * 3)
-    say(f"  {server}: c1 p50 {c1.latency.p50_ms:.1f} ms, p99 {c1.latency.p99_ms:.1f} ms")
-    processes = target.processes()
-    before = _cpu(processes)
-    loaded = _closed(target, plan.concurrency, plan, duration_s=plan.load_duration_s)
-    answered = loaded.completed + max(plan.warmup, 2 * plan.concurrency)
-    cpu_ms = (_cpu(processes) - before) * 1e3 / answered if answered else None
-    say(f"  {server}: c{plan.concurrency} {loaded.throughput_rps:.1f} req/s")
-    memory = [m for m in (process_memory(pid, role) for pid, role in processes) if m is not None]
-    by_role: dict[str, float] = {}
-    for m in memory:
-        by_role[m.role] = by_role.get(m.role, 0.0) + (m.rss_mb or 0.0)
-    capacity = find_capacity(
-        OpenLoopPlan(target.url, target.payloads, rate=1.0, headers=target.headers, timeout_s=10.0),
+def search_capacity(target: Target, plan: ComparisonPlan, c1: LoadResult, server: str, say) -> CapacityResult:
+    """The open-loop capacity search, starting at half the closed-loop rate at concurrency 1 (``c1``)."""
+    return find_capacity(
+        OpenLoopPlan(
+            target.url,
+            target.payloads,
+            rate=1.0,
+            headers=target.headers,
+            timeout_s=10.0,
+            metrics_url=target.metrics_url,
+        ),
         p99_ms=plan.p99_ms,
         start_rate=max(1.0, round(c1.throughput_rps / 2)),
         step_duration_s=plan.capacity_step_s,
@@ -135,6 +134,22 @@ def measure(target: Target, plan: ComparisonPlan, server: str, form: str, cold_s
         resolution=0.1,
         on_step=lambda step: say(f"  {server}: {step.rate:.1f} req/s {'holds' if step.passed else step.why}"),
     )
+
+
+def measure(target: Target, plan: ComparisonPlan, server: str, form: str, cold_start_s: float, say) -> ServerFigures:
+    c1 = closed_load(target, 1, plan, requests=plan.latency_requests, duration_s=plan.load_duration_s * 3)
+    say(f"  {server}: c1 p50 {c1.latency.p50_ms:.1f} ms, p99 {c1.latency.p99_ms:.1f} ms")
+    processes = target.processes()
+    before = _cpu(processes)
+    loaded = closed_load(target, plan.concurrency, plan, duration_s=plan.load_duration_s)
+    answered = loaded.completed + max(plan.warmup, 2 * plan.concurrency)
+    cpu_ms = (_cpu(processes) - before) * 1e3 / answered if answered else None
+    say(f"  {server}: c{plan.concurrency} {loaded.throughput_rps:.1f} req/s")
+    memory = [m for m in (process_memory(pid, role) for pid, role in processes) if m is not None]
+    by_role: dict[str, float] = {}
+    for m in memory:
+        by_role[m.role] = by_role.get(m.role, 0.0) + (m.rss_mb or 0.0)
+    capacity = search_capacity(target, plan, c1, server, say)
     errors: dict[str, int] = {}
     for load in (c1, loaded):
         for status, n in load.errors.items():
@@ -166,10 +181,20 @@ def measure_torchserve(plan: ComparisonPlan, batching: Batching, say) -> ServerF
         handler=HandlerSettings(threads=plan.intra_op_threads),
     )
     name = f"{MODEL}-b{batching.batch_size}"
-    store = plan.work_dir / "model_store"
-    archive = build_archive(plan.artifact, name, store, backend=plan.backend, force=True, settings=settings)
-    server_settings = ServerSettings(
-        model_store=store,
+    archive = build_archive(plan.artifact, name, plan.work_dir / "model_store", plan.backend, True, settings)
+    label = f"TorchServe ({batching.label})"
+    say(f"{label}: starting")
+    with torchserve_target(plan, archive) as (target, cold_start_s):
+        return measure(target, plan, label, "raw image body", cold_start_s, say)
+
+
+@contextmanager
+def torchserve_target(plan: ComparisonPlan, archive: Path) -> Iterator[tuple[Target, float]]:
+    """TorchServe serving one archive (its file name is the model's) from its own run folder, as a target, with
+    its cold start in seconds; stopped on leaving."""
+    name = archive.stem
+    settings = ServerSettings(
+        model_store=archive.parent,
         models={name: archive.name},
         port=free_port(),
         management_port=free_port(),
@@ -177,13 +202,11 @@ def measure_torchserve(plan: ComparisonPlan, batching: Batching, say) -> ServerF
         run_dir=plan.work_dir / "servers" / name,
         startup_timeout=plan.startup_timeout_s,
     )
-    label = f"TorchServe ({batching.label})"
-    say(f"{label}: starting")
-    with TorchServeProcess(server_settings) as server:
+    with TorchServeProcess(settings) as server:
         payloads, headers = torchserve_payloads(plan)
-        launcher = server.proc.pid
-        target = Target(server.predictions_url(name), payloads, headers, lambda: torchserve_processes(launcher))
-        return measure(target, plan, label, "raw image body", server.startup_seconds, say)
+        processes = partial(torchserve_processes, server.proc.pid)
+        url = server.predictions_url(name)
+        yield Target(url, payloads, headers, processes, f"{server.metrics_url}/metrics"), server.startup_seconds
 
 
 def measure_v2(plan: ComparisonPlan, say) -> ServerFigures:
