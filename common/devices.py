@@ -18,7 +18,9 @@ def choose_device(name: str | None = "auto") -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", 0)
-        log.info("device auto: no CUDA GPU visible, using the CPU")
+        # the trainer's run line and the benchmark's machine line name the device; a line here would land in
+        # the middle of every CLI's result (predict's table, evaluate's report)
+        log.debug("device auto: no CUDA GPU visible, using the CPU")
         return torch.device("cpu")
     if name == "cpu":
         return torch.device("cpu")

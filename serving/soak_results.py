@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from hardware.cpu_features import cpu_flags, cpu_model
+from hardware.cpus import usable_cpus
 
 # our targets
 SOAK_MAX_ERRORS = 0
@@ -43,7 +44,7 @@ class Machine(_Model):
 def machine_now() -> Machine:
     flags = cpu_flags()
     notable = " ".join(f for f in NOTABLE_FLAGS if f in flags) or "none of " + "/".join(NOTABLE_FLAGS)
-    return Machine(cpu=f"{cpu_model()} (flags: {notable})", cpus=os.cpu_count() or 1, load_average_start=load_now())
+    return Machine(cpu=f"{cpu_model()} (flags: {notable})", cpus=usable_cpus(), load_average_start=load_now())
 
 
 def load_now() -> list[float]:

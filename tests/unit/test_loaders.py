@@ -11,6 +11,7 @@ import os
 import pickle
 import shutil
 import subprocess
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -131,6 +132,8 @@ def test_mnist_failed_download_is_one_line(tmp_path, monkeypatch):
     """The download really runs and fails: this machine has no internet, and the proxy is a closed port."""
     for key, value in NO_NETWORK.items():
         monkeypatch.setenv(key, value)
+    # urlopen builds its process-wide opener, proxies included, on first use: keep this one's closed proxy here
+    monkeypatch.setattr(urllib.request, "_opener", None)
     message = one_line_error(load_mnist, tmp_path / "mnist", download=True, seed=0)
     assert "download failed" in message and "MNIST/raw/train-images-idx3-ubyte(.gz)" in message
     assert not (tmp_path / "mnist").exists()  # the empty folders torchvision made are gone again
