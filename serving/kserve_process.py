@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from serving.torchserve_process import (
     is_loopback,
     port_is_free,
     probe_png,
+    serve_in_front,
     stop_group,
     url_host,
 )
@@ -215,20 +215,4 @@ def run_v2_server(server: KServeProcess, foreground: bool, say=print) -> int:
     state = run_dir / "server.json"
     if state.exists() and group_members(int(json.loads(state.read_text())["pgid"])):
         raise ConvserveError(f"a server started from {run_dir} is still running; stop it with --stop --run-dir")
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    server.start()
-    say(usage_text(server))
-    if not foreground:
-        say(f"  stop: python serving/serve_v2.py --stop --run-dir {run_dir}")
-        return 0
-    say("  serving in the foreground; Ctrl-C stops it")
-    try:
-        code = server.proc.wait()
-        say(f"the v2 server exited by itself with code {code}; see {server.run_dir / 'console.log'}")
-        return 1
-    finally:
-        server.stop()
-
-
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+    return serve_in_front(server, usage_text, "the v2 server", "serve_v2.py", foreground, say)

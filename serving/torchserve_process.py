@@ -403,21 +403,28 @@ def run_server(settings: ServerSettings, foreground: bool, say=print) -> int:
     if state.exists() and _group_alive(int(json.loads(state.read_text())["pgid"])):
         raise ConvserveError(f"a server started from {run_dir} is still running; stop it with --stop --run-dir")
     settings.run_dir = run_dir
-    signal.signal(signal.SIGTERM, _raise_interrupt)
     server = TorchServeProcess(settings)
+    return serve_in_front(server, usage_text, "TorchServe", "serve.py", foreground, say, forget=state)
+
+
+def serve_in_front(server, usage, what: str, cli: str, foreground: bool, say=print, forget: Path | None = None) -> int:
+    """Start ``server`` (either server's process class) and wait until it answers; foreground: serve until
+    SIGINT/SIGTERM, then stop it (and remove ``forget``, its recorded state). Returns the CLI's exit code."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     server.start()
-    say(usage_text(server))
+    say(usage(server))
     if not foreground:
-        say(f"  stop: python serving/serve.py --stop --run-dir {run_dir}")
+        say(f"  stop: python serving/{cli} --stop --run-dir {server.run_dir}")
         return 0
     say("  serving in the foreground; Ctrl-C stops it")
     try:
         code = server.proc.wait()
-        say(f"TorchServe exited by itself with code {code}; see {server.run_dir / 'console.log'}")
+        say(f"{what} exited by itself with code {code}; see {server.run_dir / 'console.log'}")
         return 1
     finally:
         server.stop()
-        state.unlink(missing_ok=True)
+        if forget is not None:
+            forget.unlink(missing_ok=True)
 
 
 def _raise_interrupt(signum, frame) -> None:
