@@ -30,12 +30,12 @@ from benchmarking.server_comparison import (
     ComparisonResults,
     compare_servers,
     comparison_table,
-    notable_flags,
 )
 from benchmarking.suite import write_photos
 from common.errors import CliParser, ConvserveError, run_cli
 from common.files import read_image_bytes, write_text_atomic
 from export.artifact import ModelCard, read_card
+from hardware.cpu_features import notable_flags
 
 QUICK = {"latency_requests": 10, "load_duration_s": 1.5, "warmup": 2, "capacity_step_s": 1.5, "capacity_max_s": 25.0}
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from common.versions import library_versions
-from hardware.cpu_features import cpu_model
+from hardware.cpu_features import cpu_model, notable_flags
 from hardware.cpus import affinity_cpus, cgroup_cpu_limit, usable_cpus
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TORCH_NUM_THREADS")
@@ -26,6 +26,7 @@ class MachineInfo(BaseModel):
     hostname: str
     platform: str
     cpu_model: str
+    cpu_flags: list[str] | None = None  # hardware.cpu_features.NOTABLE_FLAGS present (runs before it: None)
     logical_cpus: int
     affinity_cpus: int  # CPUs in this process's affinity mask
     cpu_quota: float | None = None  # CPUs of cgroup quota (docker --cpus, k8s limits.cpu); None: unlimited
@@ -73,6 +74,7 @@ def describe_machine() -> MachineInfo:
         hostname=platform.node(),
         platform=platform.platform(),
         cpu_model=cpu_model(),
+        cpu_flags=notable_flags(),
         logical_cpus=os.cpu_count() or 1,
         affinity_cpus=affinity_cpus(),
         cpu_quota=cgroup_cpu_limit(),

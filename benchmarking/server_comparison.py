@@ -20,7 +20,6 @@ from pydantic import BaseModel, ConfigDict
 
 from benchmarking.machine import MachineInfo
 from benchmarking.results import Batching
-from hardware.cpu_features import cpu_flags
 from hardware.cpu_share import default_threads
 from serving.archive_builder import build_archive
 from serving.archive_settings import ArchiveSettings, HandlerSettings
@@ -240,14 +239,6 @@ class ComparisonResults(BaseModel):
     machine: MachineInfo
     cpu_flags: list[str]  # of note for inference: AVX2, AVX-512, bf16, AMX
     servers: list[ServerFigures]
-
-
-NOTABLE_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
-
-
-def notable_flags() -> list[str]:
-    flags = cpu_flags()
-    return [f for f in NOTABLE_FLAGS if f in flags]
 
 
 def _ms(value: float | None) -> str:

@@ -22,6 +22,12 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + [""]
 
 
+def _flags(flags: list[str] | None) -> str:
+    if flags is None:  # recorded before the flags were
+        return ""
+    return f" ({', '.join(flags) or 'none of AVX2, AVX-512, bf16, AMX'})"
+
+
 def machine_section(res: BenchmarkResults) -> list[str]:
     m = res.machine
     versions = ", ".join(f"{k} {v}" for k, v in m.versions.items())
@@ -31,7 +37,8 @@ def machine_section(res: BenchmarkResults) -> list[str]:
     return [
         "## Machine",
         "",
-        f"- CPU: {m.cpu_model}, {m.logical_cpus} logical CPUs, {m.affinity_cpus} in this process's affinity, "
+        f"- CPU: {m.cpu_model}{_flags(m.cpu_flags)}, {m.logical_cpus} logical CPUs, "
+        f"{m.affinity_cpus} in this process's affinity, "
         f"cgroup quota {_f(m.cpu_quota, 2) if m.cpu_quota else 'none'}: **{m.usable_cpus} usable**, {m.ram_gb} GB RAM"
         + (f", GPU {m.gpu}" if m.gpu else ", no GPU"),
         f"- **Load average (1, 5, 15 min) at the start: {', '.join(map(str, m.load_average))}{end}**",

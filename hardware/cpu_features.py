@@ -54,6 +54,16 @@ def cpu_flags(path: Path = CPUINFO) -> set[str]:
     return set((_cpuinfo_field("flags", path) or _cpuinfo_field("Features", path) or "").split())
 
 
+# the flags that decide which kernels torch, oneDNN and ONNX Runtime run: what every report states beside the model
+NOTABLE_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def notable_flags(path: Path = CPUINFO) -> list[str]:
+    """The NOTABLE_FLAGS this CPU has, in that order (empty: none, or /proc/cpuinfo unreadable)."""
+    flags = cpu_flags(path)
+    return [f for f in NOTABLE_FLAGS if f in flags]
+
+
 def onednn_isa_cap(env: dict[str, str] | None = None) -> str | None:
     """The ISA oneDNN is limited to by ONEDNN_MAX_CPU_ISA (or the older DNNL_MAX_CPU_ISA), None if not set."""
     env = os.environ if env is None else env

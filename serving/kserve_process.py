@@ -26,12 +26,12 @@ from serving.classifier import TOP_K
 from serving.procfs import group_members
 from serving.request_gate import MIN_TOKEN_LENGTH
 from serving.torchserve_process import (
+    ServerLifecycle,
     ServerStartError,
     is_loopback,
     port_is_free,
     probe_png,
     serve_in_front,
-    stop_group,
     url_host,
 )
 from serving.v2_protocol import INPUT, LABELS, PROBABILITIES, json_request
@@ -69,7 +69,7 @@ def check_token(settings: V2ServerSettings, token: str | None) -> None:
         )
 
 
-class KServeProcess:
+class KServeProcess(ServerLifecycle):
     """``with KServeProcess(settings, run_dir) as server: httpx.post(server.infer_url, ...)``."""
 
     def __init__(
@@ -105,25 +105,7 @@ class KServeProcess:
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
-    # lifecycle -----------------------------------------------------------------------------------
-    def __enter__(self) -> KServeProcess:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def start(self) -> KServeProcess:
-        """Launch and return once the model answers (the process stopped if it never does)."""
-        started = time.perf_counter()
-        self.launch()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_seconds = time.perf_counter() - started
-        return self
-
+    # lifecycle (start, with: ServerLifecycle) ------------------------------------------------------
     def launch(self) -> None:
         """Start the server process and return at once (``wait_ready`` waits for the model)."""
         s = self.settings
@@ -143,10 +125,6 @@ class KServeProcess:
             )
         state = {"pgid": self.proc.pid, "url": self.url, "model": s.model_name}
         write_text_atomic(self.run_dir / "server.json", json.dumps(state, indent=1) + "\n")
-
-    def console_text(self) -> str:
-        path = self.run_dir / "console.log"
-        return path.read_text(errors="replace") if path.exists() else ""
 
     def wait_ready(self) -> None:
         timeout = self.startup_timeout
@@ -175,15 +153,7 @@ class KServeProcess:
         if names != [LABELS, PROBABILITIES]:
             raise ServerStartError(f"the first inference failed: HTTP {resp.status_code} {resp.text[:300]}")
 
-    def _tail(self, lines: int = 25) -> str:
-        return "\n".join(self.console_text().splitlines()[-lines:])
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM the server's process group, SIGKILL what is left after ``timeout``."""
-        if self.proc is not None:
-            stop_group(self.proc.pid, timeout, reap=self.proc.poll)
-            self.proc.wait()
-            self.proc = None
+    def after_stop(self) -> None:
         (self.run_dir / "server.json").unlink(missing_ok=True)
 
 

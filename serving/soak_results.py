@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from hardware.cpu_features import cpu_flags, cpu_model
+from hardware.cpu_features import NOTABLE_FLAGS, cpu_model, notable_flags
 from hardware.cpus import usable_cpus
 
 # our targets
@@ -21,7 +21,6 @@ SOAK_MAX_ERRORS = 0
 SOAK_MAX_RSS_GROWTH = 0.05  # worker RSS, last window against the first
 SOAK_MAX_P99_DRIFT = 0.20  # p99, last window against the first
 RECOVERY_LIMIT_S = 30.0  # worker killed → a 200 again
-NOTABLE_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16")
 
 
 class _Model(BaseModel):
@@ -42,8 +41,7 @@ class Machine(_Model):
 
 
 def machine_now() -> Machine:
-    flags = cpu_flags()
-    notable = " ".join(f for f in NOTABLE_FLAGS if f in flags) or "none of " + "/".join(NOTABLE_FLAGS)
+    notable = " ".join(notable_flags()) or "none of " + "/".join(NOTABLE_FLAGS)
     return Machine(cpu=f"{cpu_model()} (flags: {notable})", cpus=usable_cpus(), load_average_start=load_now())
 
 

@@ -24,6 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import httpx
 from PIL import Image
@@ -146,7 +147,60 @@ def worker_error(log_text: str) -> str | None:
     return marked.split(" - ", 1)[-1].strip()  # no Python traceback: the frontend's own line says why
 
 
-class TorchServeProcess:
+class ServerLifecycle:
+    """What both server processes share: ``start`` launches, waits until the model answers (stopping the process
+    if it never does) and times it; ``stop`` (and the end of a ``with`` block) ends the process group the server
+    runs in. Subclasses give ``launch`` (setting ``proc``), ``wait_ready`` and the ``run_dir`` of its console.log.
+    """
+
+    run_dir: Path
+    proc: subprocess.Popen | None = None
+    startup_seconds: float | None = None
+
+    def launch(self) -> None:
+        raise NotImplementedError
+
+    def wait_ready(self) -> None:
+        raise NotImplementedError
+
+    def console_text(self) -> str:
+        path = self.run_dir / "console.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def _tail(self, lines: int = 25) -> str:
+        return "\n".join(self.console_text().splitlines()[-lines:])
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM the server's process group (and all it started), SIGKILL what is left after ``timeout``."""
+        if self.proc is not None:
+            stop_group(self.proc.pid, timeout, reap=self.proc.poll)
+            self.proc.wait()
+            self.proc = None
+        self.after_stop()
+
+    def after_stop(self) -> None:
+        """What a server leaves behind once its processes are gone (nothing by default)."""
+
+    def start(self) -> Self:
+        """Launch and return once the model answers (the process stopped if it never does)."""
+        started = time.perf_counter()
+        self.launch()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.perf_counter() - started
+        return self
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class TorchServeProcess(ServerLifecycle):
     """``with TorchServeProcess(settings) as server: httpx.post(server.predictions_url("alexnet"), ...)``."""
 
     def __init__(self, settings: ServerSettings):
@@ -196,25 +250,10 @@ class TorchServeProcess:
         except (OSError, ValueError):
             return None
 
-    # lifecycle -----------------------------------------------------------------------------------
-    def __enter__(self) -> TorchServeProcess:
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def start(self) -> TorchServeProcess:
-        started = time.perf_counter()
+    # lifecycle (start, with: ServerLifecycle) ------------------------------------------------------
+    def launch(self) -> None:
         self._check_inputs()
         self._launch()
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_seconds = time.perf_counter() - started
-        return self
 
     def _check_inputs(self) -> None:
         s = self.settings
@@ -250,11 +289,7 @@ class TorchServeProcess:
         state = {"pgid": self.proc.pid, "tmp_dir": str(self.tmp_dir), "inference": self.inference_url}
         write_text_atomic(self.run_dir / "server.json", json.dumps(state, indent=1) + "\n")
 
-    def console_text(self) -> str:
-        path = self.run_dir / "console.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def _wait_ready(self) -> None:
+    def wait_ready(self) -> None:
         deadline = time.monotonic() + self.settings.startup_timeout
         pending = set(self.settings.models)
         with httpx.Client(timeout=10.0) as client:
@@ -300,15 +335,7 @@ class TorchServeProcess:
         if resp.status_code != 200:
             raise ServerStartError(f"the first prediction of {name} failed: HTTP {resp.status_code} {resp.text[:300]}")
 
-    def _tail(self, lines: int = 25) -> str:
-        return "\n".join(self.console_text().splitlines()[-lines:])
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM the whole process group (launcher, java, workers), SIGKILL what is left after ``timeout``."""
-        if self.proc is not None:
-            stop_group(self.proc.pid, timeout, reap=self.proc.poll)
-            self.proc.wait()
-            self.proc = None
+    def after_stop(self) -> None:  # the group: launcher, java, workers
         if self.tmp_dir is not None:
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
             self.tmp_dir = None

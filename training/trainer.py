@@ -282,7 +282,7 @@ def _log(info: DistInfo, message: str) -> None:
 
 
 def is_better(val: EvalResult, best: dict[str, float]) -> bool:
-    """Higher val acc@1; on a tie, lower val loss.
+    """Higher val acc@1; on a tie, lower val loss (``select: best-val``).
 
     On a small val split many epochs tie on accuracy (270 digits: one image is 0.37 %) while the loss keeps
     improving as training settles; taking the first tied epoch picked an earlier one in 6 of 7 AlexNet digits
@@ -350,15 +350,15 @@ def fit(s: Session, resume: bool) -> tuple[dict[str, Any], float, int]:
             s.device,
             s.data.class_names,
             info,
-            None,  # fp32, as the exported model serves: val picks best.pt by the accuracy users will get
+            None,  # fp32, as the exported model serves (best-val picks by the accuracy users will get)
             prefix="Val: ",
             show_progress=False,
         )
         row = _epoch_row(epoch, stats, val, s.optimizer.param_groups[0]["lr"])
-        improved = is_better(val, best)
-        if improved:
+        if cfg.run.select == "last" or is_better(val, best):
             best = {"val_acc1": val.acc1, "val_acc5": val.acc5, "val_loss": val.loss, "epoch": epoch}
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in s.eval_model.state_dict().items()}
+            if cfg.run.select == "best-val":  # "last": the weights in memory at the end are the chosen ones
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in s.eval_model.state_dict().items()}
         _log(
             info,
             f"epoch {epoch + 1}/{cfg.run.epochs}  train loss {stats.loss:.4f} acc@1 {stats.acc1:.2f}  "
@@ -370,6 +370,9 @@ def fit(s: Session, resume: bool) -> tuple[dict[str, Any], float, int]:
                 best_on_disk = save_checkpoints(s, recorder, epoch, row, best, best_state, best_on_disk)
     if recorder is not None:
         recorder.close()
+        best["top_val_acc1"] = max((r["val_acc1"] for r in recorder.history), default=best["val_acc1"])
+    if cfg.run.select == "last" and start < cfg.run.epochs:
+        best_state = s.eval_model.state_dict()
     return {**best, "state": best_state}, seconds, images
 
 
@@ -408,8 +411,10 @@ def summarize(s: Session, test: EvalResult, split: str, best: dict, seconds: flo
         "per_class_acc": test.per_class_acc,
         "confusion_matrix": test.confusion_matrix,
         "class_names": s.data.class_names,
-        "best_epoch": best["epoch"],
-        "best_val_acc1": best["val_acc1"],
+        "best_epoch": best["epoch"],  # the epoch best.pt holds, chosen as ``selected_by`` says
+        "best_val_acc1": best.get("top_val_acc1", best["val_acc1"]),  # the highest of any epoch
+        "selected_by": s.cfg.run.select,
+        "selected_val_acc1": best["val_acc1"],
         "epochs": s.cfg.run.epochs,
         "wall_time_s": wall,
         "train_time_s": seconds,

@@ -54,9 +54,10 @@ def test_run_folder_holds_everything_promised(digits_run):
     assert sum(map(sum, matrix)) == summary["test_count"] == 270
     correct = sum(matrix[i][i] for i in range(10))
     assert abs(100 * correct / 270 - summary["test_acc1"]) < 1e-9
-    # best.pt is the best *validation* epoch: highest acc@1, ties to the lower loss
-    best_row = max(rows, key=lambda r: (float(r["val_acc1"]), -float(r["val_loss"])))
-    assert summary["best_epoch"] == int(best_row["epoch"])
+    # by default best.pt is the last epoch (the test measures it); best_val_acc1 is still the highest of any epoch
+    assert (summary["selected_by"], summary["best_epoch"]) == ("last", 1)
+    assert summary["best_val_acc1"] == pytest.approx(max(float(r["val_acc1"]) for r in rows))
+    assert summary["selected_val_acc1"] == pytest.approx(float(rows[1]["val_acc1"]))
     payload = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
     assert payload["epoch"] == summary["best_epoch"] and payload["class_names"] == [str(d) for d in range(10)]
 
@@ -81,7 +82,7 @@ def test_checkpoint_every_still_leaves_the_best_and_the_last_epoch(tmp_path):
     run = tmp_path / "sparse"
     # a diverging learning rate makes the first epoch the best: best.pt must come from memory, not from last.pt
     args = ["--model", "mlp", "--epochs", "3", "--checkpoint-every", "2", "--optimizer", "adam", "--lr", "0.5",
-            "--output-dir", str(run)]  # fmt: skip
+            "--select", "best-val", "--output-dir", str(run)]  # fmt: skip
     proc = train(*args)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((run / "summary.json").read_text())
@@ -91,6 +92,9 @@ def test_checkpoint_every_still_leaves_the_best_and_the_last_epoch(tmp_path):
     assert best["epoch"] == summary["best_epoch"] == 0 and best["train_state"] is None
     rows = _metrics_rows(run)
     assert best["metrics"]["val_acc1"] == pytest.approx(float(rows[summary["best_epoch"]]["val_acc1"]))
+    # best-val: the highest validation acc@1, ties to the lower loss
+    best_row = max(rows, key=lambda r: (float(r["val_acc1"]), -float(r["val_loss"])))
+    assert summary["best_epoch"] == int(best_row["epoch"]) and summary["selected_by"] == "best-val"
     out = subprocess.run([str(PYTHON), "training/evaluate.py", str(run / "checkpoints/best.pt"), "--json"],
                          cwd=REPO, capture_output=True, text=True, check=True)  # fmt: skip
     assert json.loads(out.stdout)["acc1"] == pytest.approx(summary["test_acc1"])

@@ -15,7 +15,7 @@ from benchmarking.comparisons import floor_multiples, inprocess_targets
 from benchmarking.floors import Floors, compute_floors, forward_flops
 from benchmarking.machine import MachineInfo
 from benchmarking.results import BenchmarkResults, InProcessResult, ModelInfo
-from benchmarking.tables import floors_section, render_markdown
+from benchmarking.tables import floors_section, machine_section, render_markdown
 from export.artifact import SourceCard, read_card, write_card
 from hardware.rates import MachineRates
 from serving.latency_stats import LatencyStats
@@ -166,3 +166,13 @@ def test_a_table_of_an_untrained_model_says_so_in_its_first_line(tmp_path):
     assert render_markdown(reread).splitlines()[0] == first
     trained = render_markdown(untrained_results(tmp_path / "trained", random_weights=False))
     assert "RANDOM" not in trained and "random weights" not in trained
+
+
+def test_the_machine_section_names_the_cpu_flags_where_the_run_recorded_them(tmp_path):
+    res = untrained_results(tmp_path, random_weights=True)
+    older = "\n".join(machine_section(res))  # a run from before the flags were recorded: no empty brackets
+    assert "- CPU: cpu, 2 logical CPUs" in older
+    res.machine.cpu_flags = ["avx2", "avx512_bf16"]
+    assert "- CPU: cpu (avx2, avx512_bf16), 2 logical CPUs" in "\n".join(machine_section(res))
+    res.machine.cpu_flags = []
+    assert "(none of AVX2, AVX-512, bf16, AMX)" in "\n".join(machine_section(res))

@@ -88,7 +88,7 @@ def test_no_flags_is_the_demo_recipe():
 
 def test_each_model_picks_its_recipe_and_a_field_the_user_sets_wins():
     alexnet, resnet, mlp = (build_config(None, {"model": arch}) for arch in ("alexnet", "resnet18", "mlp"))
-    assert (alexnet.optim.lr, alexnet.run.batch_size, alexnet.model.init) == (3e-4, 32, "kaiming")
+    assert (alexnet.optim.lr, alexnet.run.batch_size, alexnet.model.init) == (5e-4, 64, "kaiming")
     assert (resnet.optim.lr, resnet.run.batch_size, resnet.model.init) == (1e-3, 64, "default")
     assert (mlp.run.epochs, mlp.model.dropout) == (30, 0.2)
     mine = build_config({"optim": {"lr": 0.02}}, {"model": "alexnet", "batch_size": 8})
@@ -136,7 +136,7 @@ def test_flags_set_their_fields_and_only_given_flags_override():
     cfg = build_config(None, {k: v for k, v in args.items() if k not in ("config", "resume")})
     assert (cfg.optim.momentum, cfg.data.augment, cfg.data.mean) == (0.5, False, [0.5])
     assert (cfg.run.precision, cfg.run.deterministic) == ("amp", True)
-    assert (cfg.optim.lr, cfg.run.batch_size) == (3e-4, 32)  # not given: AlexNet's recipe, not the field default
+    assert (cfg.optim.lr, cfg.run.batch_size) == (5e-4, 64)  # not given: AlexNet's recipe, not the field default
     given = vars(build_parser().parse_args(["--lr", "0.02", "--batch-size", "8"]))
     mine = build_config({"optim": {"lr": 0.5}}, {k: v for k, v in given.items() if k not in ("config", "resume")})
     assert (mine.optim.lr, mine.run.batch_size, mine.model.init) == (0.02, 8, "kaiming")
@@ -145,5 +145,5 @@ def test_flags_set_their_fields_and_only_given_flags_override():
 def test_help_shows_the_models_defaults(monkeypatch):
     monkeypatch.setenv("COLUMNS", "400")  # one line per flag
     text = build_parser().format_help()
-    assert "(default: model's recipe, else 0.001)" in text  # --lr: AlexNet's recipe says 3e-4
+    assert "(default: model's recipe, else 0.001)" in text  # --lr: AlexNet's recipe says 5e-4
     assert "(default: adamw)" in text and "short for --precision amp" in text

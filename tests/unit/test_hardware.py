@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hardware import cpus
-from hardware.cpu_features import cpu_flags, cpu_model, cpu_native_bf16, onednn_isa_cap
+from hardware.cpu_features import cpu_flags, cpu_model, cpu_native_bf16, notable_flags, onednn_isa_cap
 from hardware.rates import matmul_gflops, measure_machine, read_gbs
 
 
@@ -93,6 +93,8 @@ def test_cpuinfo_is_read(tmp_path):
     assert cpu_model(info) == "Test CPU 9000"
     assert cpu_flags(info) == {"fpu", "avx2", "avx512_bf16"}
     assert cpu_flags(tmp_path / "missing") == set()
+    assert notable_flags(info) == ["avx2", "avx512_bf16"]  # the ones that decide kernels, in a fixed order
+    assert notable_flags(tmp_path / "missing") == []
 
 
 def test_measured_rates_are_positive_and_plausible():

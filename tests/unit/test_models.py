@@ -97,3 +97,17 @@ def test_pretrained_weights_placed_by_hand_are_used_offline(monkeypatch, tmp_pat
     assert torch.equal(model.conv1.weight, trained.conv1.weight)
     assert torch.equal(model.layer4[1].conv2.weight, trained.layer4[1].conv2.weight)
     assert model.fc.out_features == 10  # the head is replaced for the dataset's classes
+
+
+@pytest.mark.parametrize("arch", ["alexnet", "resnet18", "mlp"])
+def test_kaiming_init_starts_every_class_equal_and_the_rest_he_scaled(arch):
+    """He-scaled logits started AlexNet at a loss of 9.3 instead of ln 10: the last layer starts at zero."""
+    torch.manual_seed(0)
+    model, _ = build_model(arch, 10, 64 if arch == "alexnet" else 32, init="kaiming")
+    layers = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    assert torch.count_nonzero(layers[-1].weight) == 0
+    first = layers[0].weight
+    assert first.std().item() == pytest.approx((2.0 / first[0].numel()) ** 0.5, rel=0.2)
+    logits = model.eval()(torch.randn(4, 3, *([64] * 2 if arch == "alexnet" else [32] * 2)))
+    loss = nn.functional.cross_entropy(logits, torch.arange(4))
+    assert loss.item() == pytest.approx(torch.log(torch.tensor(10.0)).item(), abs=1e-5)

@@ -76,7 +76,7 @@ def markdown_table(sweep: Sweep, rows: list[dict[str, Any]]) -> str:
         lines += [sweep.description.strip(), ""]
     lines += [
         f"Config: `{sweep.source}`. Accuracies in %, val = validation split, test = the run's test split "
-        "(best-val weights); best = highest value over epochs.",
+        "(the run's best.pt: its run.select); best = highest value over epochs.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",

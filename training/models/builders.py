@@ -99,11 +99,16 @@ def build_model(
 
 
 def kaiming_init(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d | nn.Linear):
-            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+    """He-normal for every layer that feeds a ReLU; the classifier's last layer starts at zero."""
+    layers = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    for m in layers:
+        nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    # He's gain on the logits too made AlexNet's first loss 9.3 instead of ln(10) = 2.30 on digits (batch 32, seed
+    # 0); at batch 128 the first two epochs stayed at chance. Zero logits start every class equal; the first step's
+    # gradient reaches this layer and the next the rest.
+    nn.init.zeros_(layers[-1].weight)
 
 
 def model_from_checkpoint(ckpt: Any) -> nn.Module:
