@@ -281,6 +281,15 @@ def _log(info: DistInfo, message: str) -> None:
         log.info(message)
 
 
+def _stop_if_diverged(loss: float, epoch: int, cfg: TrainConfig) -> None:
+    """A NaN/inf loss never recovers: stop before this epoch's weights reach a checkpoint."""
+    if not math.isfinite(loss):
+        raise ConvserveError(
+            f"training diverged: the training loss is {loss} in epoch {epoch + 1} (peak lr {cfg.optim.lr:g}, "
+            f"{cfg.optim.optimizer}); lower --lr. Checkpoints of earlier epochs are kept"
+        )
+
+
 def is_better(val: EvalResult, best: dict[str, float]) -> bool:
     """Higher val acc@1; on a tie, lower val loss (``select: best-val``).
 
@@ -344,6 +353,7 @@ def fit(s: Session, resume: bool) -> tuple[dict[str, Any], float, int]:
             s.ema,
         )
         seconds, images = seconds + stats.seconds, images + stats.count
+        _stop_if_diverged(stats.loss, epoch, cfg)
         val = evaluate(
             s.eval_model,
             val_loader,
