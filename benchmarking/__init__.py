@@ -1,1 +1,1 @@
-"""Benchmarks and load tests: the load generator, in-process and served measurements, tables and charts."""
+"""Orchestrated experiments: every backend and server side by side on one machine, with the floors it measures."""

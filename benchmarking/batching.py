@@ -21,10 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarking.results import Batching
-from benchmarking.served import ServedPlan, build, default_batching
-from serving.loadgen import LoadPlan, LoadResult, Payload, run_load_sync
-from serving.torchserve_process import ServerSettings, TorchServeProcess, free_port
+from convserve.benchmarking.results import Batching
+from convserve.benchmarking.served import ServedPlan, build, default_batching
+from convserve.loadtest.loadgen import LoadPlan, LoadResult, Payload, run_load_sync
+from convserve.serving.server_lifecycle import free_port
+from convserve.serving.torchserve_process import ServerSettings, TorchServeProcess
 
 # our rule for the default: c1 p50 within this multiple of no batching ...
 LATENCY_LIMIT = 1.15

@@ -21,11 +21,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from benchmarking.results import Batching
-from benchmarking.served import STOCK
-from benchmarking.suite import STAGES, BenchmarkOptions, run_benchmark, write_results
-from common.errors import CliParser, run_cli
-from serving.backends import AUTO_ORDER
+from convserve.benchmarking.results import Batching
+from convserve.benchmarking.served import STOCK
+from convserve.benchmarking.suite import STAGES, BenchmarkOptions, run_benchmark, write_results
+from convserve.common.errors import CliParser, run_cli
+from convserve.serving.backends import AUTO_ORDER
 
 SERVED_KINDS = ("onnx", "torchscript", "eager", "onnx-int8", "onnx-fp16", STOCK)
 

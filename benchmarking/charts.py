@@ -9,8 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from benchmarking.comparisons import model_memory_mb  # noqa: E402
-from benchmarking.results import BenchmarkResults  # noqa: E402
+from convserve.benchmarking.comparisons import model_memory_mb  # noqa: E402
+from convserve.benchmarking.results import BenchmarkResults  # noqa: E402
 
 CHART_FILES = ("latency_by_backend.png", "throughput_vs_concurrency.png", "throughput_vs_batch.png", "memory.png")
 

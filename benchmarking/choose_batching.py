@@ -21,14 +21,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarking.batching import CANDIDATES, SweepPlan, sweep, table_lines, verdict_lines
-from benchmarking.benchmark import batching
-from benchmarking.suite import write_photos
-from common.errors import CliParser, ConvserveError, run_cli
-from common.files import write_text_atomic
-from export.artifact import ModelCard, read_card
-from serving.loadgen import read_payloads
-from serving.soak_results import load_now, machine_now
+from convserve.artifact.card import ModelCard, read_card
+from convserve.benchmarking.batching import CANDIDATES, SweepPlan, sweep, table_lines, verdict_lines
+from convserve.benchmarking.benchmark import batching
+from convserve.benchmarking.suite import write_photos
+from convserve.common.errors import CliParser, ConvserveError, run_cli
+from convserve.common.files import write_text_atomic
+from convserve.loadtest.loadgen import read_payloads
+from convserve.loadtest.soak_results import load_now, machine_now
 
 
 def build_parser() -> CliParser:

@@ -23,19 +23,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarking.default_capacity import KINDS, CapacityResults, capacity_table, measure_kinds
-from benchmarking.machine import describe_machine, load_average
-from benchmarking.server_comparison import (
+from convserve.artifact.card import ModelCard, read_card
+from convserve.benchmarking.default_capacity import KINDS, CapacityResults, capacity_table, measure_kinds
+from convserve.benchmarking.server_comparison import (
     ComparisonPlan,
     ComparisonResults,
     compare_servers,
     comparison_table,
 )
-from benchmarking.suite import write_photos
-from common.errors import CliParser, ConvserveError, run_cli
-from common.files import read_image_bytes, write_text_atomic
-from export.artifact import ModelCard, read_card
-from hardware.cpu_features import notable_flags
+from convserve.benchmarking.suite import write_photos
+from convserve.common.errors import CliParser, ConvserveError, run_cli
+from convserve.common.files import read_image_bytes, write_text_atomic
+from convserve.hardware.cpu_features import notable_flags
+from convserve.hardware.machine import describe_machine, load_average
 
 QUICK = {"latency_requests": 10, "load_duration_s": 1.5, "warmup": 2, "capacity_step_s": 1.5, "capacity_max_s": 25.0}
 

@@ -1,15 +1,15 @@
 """Ratios against the eager baseline (and the stock TorchServe path), and our targets judged on them.
 
 The latency floor is never a constant: it comes from the read bandwidth and GEMM rate measured in the same run
-(``benchmarking.floors``), and latencies are stated as multiples of it.
+(``convserve.benchmarking.floors``), and latencies are stated as multiples of it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from benchmarking.results import BASELINE, BenchmarkResults, InProcessResult, Ratio, ServedResult, TargetCheck
-from benchmarking.served import STOCK
+from convserve.benchmarking.results import BASELINE, BenchmarkResults, InProcessResult, Ratio, ServedResult, TargetCheck
+from convserve.benchmarking.served import STOCK
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

@@ -16,16 +16,22 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from benchmarking.machine import MachineInfo
-from benchmarking.server_comparison import SHIPPED, ComparisonPlan, closed_load, search_capacity, torchserve_target
-from benchmarking.stock import build_stock_archive, stock_unsupported
-from common.errors import ConvserveError, first_line
-from export.artifact import read_card
-from export.sources import RANDOM_WEIGHTS
-from hardware.cpu_share import default_threads, default_workers
-from serving.archive_builder import build_archive
-from serving.capacity import CapacityResult
-from serving.open_loop import OpenLoopResult
+from convserve.artifact.card import read_card
+from convserve.benchmarking.server_comparison import (
+    SHIPPED,
+    ComparisonPlan,
+    closed_load,
+    search_capacity,
+    torchserve_target,
+)
+from convserve.benchmarking.stock import build_stock_archive, stock_unsupported
+from convserve.common.errors import ConvserveError, first_line
+from convserve.export.sources import RANDOM_WEIGHTS
+from convserve.hardware.cpu_share import default_threads, default_workers
+from convserve.hardware.machine import MachineInfo
+from convserve.loadtest.capacity import CapacityResult
+from convserve.loadtest.open_loop import OpenLoopResult
+from convserve.serving.archive_builder import build_archive
 
 STOCK = "stock"
 KINDS = ("onnx", "onnx-int8", "onnx-fp16", "torchscript", "eager", STOCK)

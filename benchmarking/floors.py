@@ -1,10 +1,10 @@
 """Lower bounds on one batch-1 forward pass, from rates measured in the same run on this machine.
 
 - weight-read floor: the weights read once at the read bandwidth measured in this run
-  (``hardware.rates.read_gbs``): MB / (GB/s) = ms. For the fp32 weights (parameters x 4 bytes) and for each
+  (``convserve.hardware.rates.read_gbs``): MB / (GB/s) = ms. For the fp32 weights (parameters x 4 bytes) and for each
   model file of the artifact (its bytes: an int8 file reads a quarter of the fp32 weights).
 - compute floor: the model's FLOPs per image (forward pass only, counted with torch's ``FlopCounterMode``) at
-  the matrix-multiply rate measured in this run (``hardware.rates.matmul_gflops``), at fp32 and at each lower
+  the matrix-multiply rate measured in this run (``convserve.hardware.rates.matmul_gflops``), at fp32 and at each lower
   precision the device computes natively (bf16 on CPUs with AVX512-BF16 or AMX, fp16/bf16 on GPUs).
 
 Nothing here is a constant: every run measures the rates again, on the threads its backends use, so the
@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from hardware.flops import flops_per_image
-from hardware.rates import MachineRates, measure_machine
+from convserve.hardware.flops import flops_per_image
+from convserve.hardware.rates import MachineRates, measure_machine
 
 # the arithmetic each exported format runs at; int8 has no measured GEMM rate, so only its read floor exists
 PRECISION = {"eager": "fp32", "torchscript": "fp32", "onnx": "fp32", "onnx-fp16": "fp16", "onnx-int8": "int8"}

@@ -1,6 +1,6 @@
 """In-process measurements of one backend, each in a fresh Python process so its memory is that backend's.
 
-``measure_isolated(spec)`` runs ``python -m benchmarking.inprocess SPEC.json OUT.json`` and reads the result;
+``measure_isolated(spec)`` runs ``python -m convserve.benchmarking.inprocess SPEC.json OUT.json`` and reads the result;
 ``measure(spec)`` is what that child does: load the artifact with ``Classifier.from_artifact`` (timed), then
 time the model alone at batch 1, the end-to-end path (encoded bytes → top-k), decode and preprocess on their
 own, and the model at larger batches, and finally read the process's peak RSS from /proc.
@@ -19,9 +19,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from benchmarking.results import InProcessFailure, InProcessResult, ThroughputPoint
-from serving.latency_stats import LatencyStats
-from serving.procfs import own_peak_rss_mb, process_memory
+from convserve.benchmarking.results import InProcessFailure, InProcessResult, ThroughputPoint
+from convserve.hardware.procfs import own_peak_rss_mb, process_memory
+from convserve.loadtest.latency_stats import LatencyStats
 
 
 class InProcessSpec(BaseModel):
@@ -100,9 +100,9 @@ def _nvidia_smi_mb() -> float | None:
 def measure(spec: InProcessSpec) -> InProcessResult:
     import onnxruntime  # noqa: F401  every backend's process holds both runtimes: the baselines compare
 
-    from hardware.cpu_share import default_threads
-    from serving.backends import share_cores
-    from serving.classifier import Classifier
+    from convserve.hardware.cpu_share import default_threads
+    from convserve.serving.backends import share_cores
+    from convserve.serving.classifier import Classifier
 
     wall = time.perf_counter()
     encoded = [Path(p).read_bytes() for p in spec.images]
@@ -183,7 +183,7 @@ def _stock_timing(card, encoded: list[bytes], spec: InProcessSpec) -> list[float
 
     from PIL import Image
 
-    from benchmarking.stock import stock_unsupported
+    from convserve.benchmarking.stock import stock_unsupported
 
     if stock_unsupported(card):
         return None
@@ -204,7 +204,7 @@ def measure_isolated(spec: InProcessSpec, timeout_s: float = 1800.0) -> InProces
     with tempfile.TemporaryDirectory(prefix="convserve-bench-") as tmp:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_path.write_text(spec.model_dump_json())
-        cmd = [sys.executable, "-m", "benchmarking.inprocess", str(spec_path), str(out_path)]
+        cmd = [sys.executable, "-m", "convserve.benchmarking.inprocess", str(spec_path), str(out_path)]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:

@@ -7,11 +7,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from benchmarking.floors import Floors
-from benchmarking.machine import MachineInfo
-from serving.latency_stats import LatencyStats
-from serving.loadgen import LoadResult
-from serving.procfs import ProcessMemory
+from convserve.benchmarking.floors import Floors
+from convserve.hardware.machine import MachineInfo
+from convserve.hardware.procfs import ProcessMemory
+from convserve.loadtest.latency_stats import LatencyStats
+from convserve.loadtest.loadgen import LoadResult
 
 # v2: floors measured in the run (``floors``) instead of a fixed bandwidth; affinity and usable CPUs recorded
 RESULTS_SCHEMA = "convserve.benchmark/v2"

@@ -12,21 +12,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarking.results import Batching, LoadCpu, ServedResult, ServedSkip
-from benchmarking.stock import build_stock_archive, stock_unsupported
-from common.errors import ConvserveError, first_line
-from export.artifact import read_card
-from serving.archive_builder import build_archive
-from serving.archive_settings import ArchiveSettings, HandlerSettings
-from serving.loadgen import LoadPlan, LoadResult, Payload, run_load_sync
-from serving.procfs import cpu_by_role, torchserve_memory, torchserve_processes
-from serving.torchserve_process import ServerSettings, TorchServeProcess, free_port
+from convserve.artifact.card import read_card
+from convserve.benchmarking.results import Batching, LoadCpu, ServedResult, ServedSkip
+from convserve.benchmarking.stock import build_stock_archive, stock_unsupported
+from convserve.common.errors import ConvserveError, first_line
+from convserve.hardware.procfs import cpu_by_role, torchserve_memory, torchserve_processes
+from convserve.loadtest.loadgen import LoadPlan, LoadResult, Payload, run_load_sync
+from convserve.serving.archive_builder import build_archive
+from convserve.serving.archive_settings import ArchiveSettings, HandlerSettings
+from convserve.serving.server_lifecycle import free_port
+from convserve.serving.torchserve_process import ServerSettings, TorchServeProcess
 
 STOCK = "stock"
 
 
 def default_batching() -> Batching:
-    """The batching every archive gets unless told otherwise (serving.archive_settings.ArchiveSettings)."""
+    """The batching every archive gets unless told otherwise (convserve.serving.archive_settings.ArchiveSettings)."""
     settings = ArchiveSettings()
     return Batching(batch_size=settings.batch_size, max_batch_delay_ms=settings.max_batch_delay_ms)
 

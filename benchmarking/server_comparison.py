@@ -18,19 +18,20 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from benchmarking.machine import MachineInfo
-from benchmarking.results import Batching
-from hardware.cpu_share import default_threads
-from serving.archive_builder import build_archive
-from serving.archive_settings import ArchiveSettings, HandlerSettings
-from serving.capacity import CapacityResult, find_capacity
-from serving.kserve_process import KServeProcess, V2ServerSettings
-from serving.latency_stats import LatencyStats
-from serving.loadgen import LoadPlan, LoadResult, Payload, run_load_sync
-from serving.open_loop import OpenLoopPlan
-from serving.procfs import cpu_seconds, process_memory, torchserve_processes
-from serving.torchserve_process import ServerSettings, TorchServeProcess, free_port
-from serving.v2_protocol import binary_request
+from convserve.benchmarking.results import Batching
+from convserve.hardware.cpu_share import default_threads
+from convserve.hardware.machine import MachineInfo
+from convserve.hardware.procfs import cpu_seconds, process_memory, torchserve_processes
+from convserve.loadtest.capacity import CapacityResult, find_capacity
+from convserve.loadtest.latency_stats import LatencyStats
+from convserve.loadtest.loadgen import LoadPlan, LoadResult, Payload, run_load_sync
+from convserve.loadtest.open_loop import OpenLoopPlan
+from convserve.serving.archive_builder import build_archive
+from convserve.serving.archive_settings import ArchiveSettings, HandlerSettings
+from convserve.serving.kserve_process import KServeProcess, V2ServerSettings
+from convserve.serving.server_lifecycle import free_port
+from convserve.serving.torchserve_process import ServerSettings, TorchServeProcess
+from convserve.serving.v2_protocol import binary_request
 
 MODEL = "model"
 SHIPPED = Batching(batch_size=ArchiveSettings().batch_size, max_batch_delay_ms=ArchiveSettings().max_batch_delay_ms)

@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from benchmarking.results import Batching
-from common.errors import ConvserveError
-from export.artifact import INDEX_FILE, ModelCard, read_card
-from serving.backends import pick_model_file, verify_model_file
-from training.checkpoint import load_checkpoint
+from convserve.artifact.card import INDEX_FILE, ModelCard, read_card
+from convserve.benchmarking.results import Batching
+from convserve.common.errors import ConvserveError
+from convserve.models.checkpoint import load_checkpoint
+from convserve.serving.backends import pick_model_file, verify_model_file
 
 STOCK_HANDLER = "image_classifier"
 STOCK_PREPROCESSING = {

@@ -19,12 +19,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from benchmarking.charts import write_charts
-from benchmarking.comparisons import evaluate
-from benchmarking.floors import Floors, compute_floors, forward_flops, measure_rates
-from benchmarking.inprocess import InProcessSpec, measure_isolated
-from benchmarking.machine import describe_machine, load_average
-from benchmarking.results import (
+from convserve.artifact.card import ModelCard, read_card
+from convserve.benchmarking.charts import write_charts
+from convserve.benchmarking.comparisons import evaluate
+from convserve.benchmarking.floors import Floors, compute_floors, forward_flops, measure_rates
+from convserve.benchmarking.inprocess import InProcessSpec, measure_isolated
+from convserve.benchmarking.results import (
     BASELINE,
     Batching,
     BenchmarkResults,
@@ -34,17 +34,17 @@ from benchmarking.results import (
     ModelInfo,
     RunSettings,
 )
-from benchmarking.served import STOCK, ServedPlan, default_batching, measure_served
-from benchmarking.tables import render_markdown
-from common.devices import choose_device
-from common.errors import ConvserveError
-from common.files import write_text_atomic
-from export.artifact import ModelCard, read_card
-from hardware.cpu_share import default_threads
-from serving.backends import AUTO_ORDER
-from serving.loadgen import read_payloads
-from training.checkpoint import Checkpoint, load_checkpoint
-from training.models import model_from_checkpoint
+from convserve.benchmarking.served import STOCK, ServedPlan, default_batching, measure_served
+from convserve.benchmarking.tables import render_markdown
+from convserve.common.devices import choose_device
+from convserve.common.errors import ConvserveError
+from convserve.common.files import write_text_atomic
+from convserve.hardware.cpu_share import default_threads
+from convserve.hardware.machine import describe_machine, load_average
+from convserve.loadtest.loadgen import read_payloads
+from convserve.models import model_from_checkpoint
+from convserve.models.checkpoint import Checkpoint, load_checkpoint
+from convserve.serving.backends import AUTO_ORDER
 
 # scikit-image's bundled colour photos (the stock handler cannot take grayscale): 300 to 640 px, real JPEGs
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
@@ -124,9 +124,9 @@ def export_artifact(
 ) -> tuple[Path, list[str]]:
     """WORK/<source name>/ from the exporter's pipeline (parity checked); an earlier export of the same weights
     with every wanted format is reused. An int8 file failing parity is dropped and said in the notes."""
-    from export.parity import ParityError
-    from export.pipeline import ExportRequest, run_export
-    from export.sources import checkpoint_source, torchvision_source
+    from convserve.export.parity import ParityError
+    from convserve.export.pipeline import ExportRequest, run_export
+    from convserve.export.sources import checkpoint_source, torchvision_source
 
     if opts.torchvision:
         source = torchvision_source(opts.torchvision, random_weights=opts.random_weights)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from benchmarking.comparisons import floor_multiples, model_memory_mb
-from benchmarking.floors import PRECISION
-from benchmarking.results import BenchmarkResults, Ratio
+from convserve.benchmarking.comparisons import floor_multiples, model_memory_mb
+from convserve.benchmarking.floors import PRECISION
+from convserve.benchmarking.results import BenchmarkResults, Ratio
 
 
 def _f(value: float | None, digits: int = 1) -> str:

@@ -7,7 +7,7 @@ import logging
 
 import torch
 
-from common.errors import ConvserveError
+from convserve.common.errors import ConvserveError
 
 log = logging.getLogger(__name__)
 

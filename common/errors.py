@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from common.logs import configure_cli_logging
+from convserve.common.logs import configure_cli_logging
 
 REASONS = {400: "Bad Request", 413: "Payload Too Large", 415: "Unsupported Media Type"}
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from common.errors import ConvserveError
+from convserve.common.errors import ConvserveError
 
 
 def new_temp_path(target: Path | str, prefix: str = ".") -> Path:

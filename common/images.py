@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from common.errors import ConvserveError, InputError, first_line
-from common.files import read_image_bytes
+from convserve.common.errors import ConvserveError, InputError, first_line
+from convserve.common.files import read_image_bytes
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "DIB", "GIF", "TIFF"})
 SUPPORTED_NAMES = "JPEG, PNG, WebP, BMP, GIF, TIFF"

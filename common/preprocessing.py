@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.nn.functional import interpolate
 
-from common.errors import ConvserveError
+from convserve.common.errors import ConvserveError
 
 _MODES = ("bilinear", "bicubic", "nearest")
 

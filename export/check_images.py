@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from common.errors import ConvserveError, InputError
-from common.files import read_image_bytes
-from common.images import decode_image
-from common.preprocessing import Preprocessing, prepare_batch
-from training.checkpoint import Checkpoint
+from convserve.common.errors import ConvserveError, InputError
+from convserve.common.files import read_image_bytes
+from convserve.common.images import decode_image
+from convserve.common.preprocessing import Preprocessing, prepare_batch
+from convserve.models.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def sample_photos(pre: Preprocessing, names: tuple[str, ...] = SAMPLE_PHOTOS) ->
 
 def dataset_split(ckpt: Checkpoint, split: str):
     """The checkpoint's own ``split`` with its preprocessing; ConvserveError when it cannot be built here."""
-    from training.data.registry import build_eval_split, data_config_for
+    from convserve.training.data.registry import build_eval_split, data_config_for
 
     cfg, seed = data_config_for(ckpt, None, None)
     dataset, _ = build_eval_split(cfg, ckpt.arch, seed, split, ckpt.preprocessing)

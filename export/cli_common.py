@@ -12,12 +12,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from common.errors import CliParser
-from common.logs import configure_cli_logging
-from export.onnx_conversion import ExportFailed
-from export.parity import ParityError
-from export.pipeline import ExportRequest, run_export
-from export.sources import TORCHVISION_ARCHS, ExportSource, checkpoint_source, torchvision_source
+from convserve.common.errors import CliParser
+from convserve.common.logs import configure_cli_logging
+from convserve.export.onnx_conversion import ExportFailed
+from convserve.export.parity import ParityError
+from convserve.export.pipeline import ExportRequest, run_export
+from convserve.export.sources import TORCHVISION_ARCHS, ExportSource, checkpoint_source, torchvision_source
 
 
 def build_parser(description: str) -> CliParser:

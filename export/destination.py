@@ -24,9 +24,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.errors import ConvserveError
-from common.files import commit_temp, new_temp_path
-from export.artifact import CARD_FILE, FILE_NAMES, ModelCard, read_card, source_identity
+from convserve.artifact.card import CARD_FILE, FILE_NAMES, ModelCard, read_card, source_identity
+from convserve.common.errors import ConvserveError
+from convserve.common.files import commit_temp, new_temp_path
 
 log = logging.getLogger(__name__)
 

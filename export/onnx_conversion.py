@@ -24,7 +24,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from common.errors import first_line
+from convserve.common.errors import first_line
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from export.artifact import ParityReport
-from export.runtimes import OnnxBackend, TorchScriptBackend
+from convserve.artifact.card import ParityReport
+from convserve.artifact.runtimes import OnnxBackend, TorchScriptBackend
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import torch
 
-from common.errors import ConvserveError
-from export.artifact import (
+from convserve.artifact.card import (
     FILE_NAMES,
     ModelCard,
     ModelFile,
@@ -27,10 +26,11 @@ from export.artifact import (
     write_card,
     write_index_to_name,
 )
-from export.check_images import CheckImages, collect_check_images, dataset_split
-from export.destination import Claim, claim_folder
-from export.onnx_conversion import export_onnx, file_opset, quantize_int8
-from export.parity import (
+from convserve.common.errors import ConvserveError
+from convserve.export.check_images import CheckImages, collect_check_images, dataset_split
+from convserve.export.destination import Claim, claim_folder
+from convserve.export.onnx_conversion import export_onnx, file_opset, quantize_int8
+from convserve.export.parity import (
     FP16,
     FP32,
     INT8,
@@ -43,10 +43,10 @@ from export.parity import (
     format_report,
     run_batched,
 )
-from export.sources import RANDOM_WEIGHTS, ExportSource, random_weights_note
-from export.torchscript_conversion import export_torchscript
-from training.checkpoint import save_checkpoint
-from training.models import model_from_checkpoint
+from convserve.export.sources import RANDOM_WEIGHTS, ExportSource, random_weights_note
+from convserve.export.torchscript_conversion import export_torchscript
+from convserve.models import model_from_checkpoint
+from convserve.models.checkpoint import save_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-from common.errors import ConvserveError
-from common.files import sha256_file
-from common.preprocessing import Preprocessing
-from export.artifact import SourceCard
-from training.checkpoint import Checkpoint, load_checkpoint
-from training.models.builders import load_pretrained
+from convserve.artifact.card import SourceCard
+from convserve.common.errors import ConvserveError
+from convserve.common.files import sha256_file
+from convserve.common.preprocessing import Preprocessing
+from convserve.models.builders import load_pretrained
+from convserve.models.checkpoint import Checkpoint, load_checkpoint
 
 log = logging.getLogger(__name__)
 

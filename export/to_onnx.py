@@ -10,8 +10,8 @@ Runtime on real images. Exit 0: exported; 1: the export failed its parity check 
 
 from __future__ import annotations
 
-from common.errors import run_cli
-from export.cli_common import base_request, build_parser, export_and_report, open_source
+from convserve.common.errors import run_cli
+from convserve.export.cli_common import base_request, build_parser, export_and_report, open_source
 
 
 def batch_size(text: str) -> int | None:

@@ -9,8 +9,8 @@ its parity check (nothing written); 2: bad input (one ``error:`` line).
 
 from __future__ import annotations
 
-from common.errors import run_cli
-from export.cli_common import base_request, build_parser, export_and_report, open_source
+from convserve.common.errors import run_cli
+from convserve.export.cli_common import base_request, build_parser, export_and_report, open_source
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from hardware.cpus import usable_cpus
+from convserve.hardware.cpus import usable_cpus
 
 MAX_THREADS = 8  # intra-op threads beyond this rarely help a batch-1 CNN
 

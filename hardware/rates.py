@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hardware.cpu_features import cpu_native_bf16
+from convserve.hardware.cpu_features import cpu_native_bf16
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # the project's precision names
 

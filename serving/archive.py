@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common.errors import run_cli
-from serving.archive_builder import ARCHIVE_FORMATS, build_archive
-from serving.archive_settings import ArchiveSettings, HandlerSettings
-from serving.backends import BACKENDS
+from convserve.common.errors import run_cli
+from convserve.serving.archive_builder import ARCHIVE_FORMATS, build_archive
+from convserve.serving.archive_settings import ArchiveSettings, HandlerSettings
+from convserve.serving.backends import BACKENDS
 
 
 def build_parser() -> argparse.ArgumentParser:

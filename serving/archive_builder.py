@@ -2,9 +2,9 @@
 
 Inside the archive (unpacked into the worker's model directory, which TorchServe puts on PYTHONPATH):
     handler.py              serving/handler.py
-    serving/ export/ common/ hardware/   the repo modules the handler imports, found by following its
-                            imports, so the worker never needs this repository; training/ only in archives
-                            of the eager backend, which rebuilds the model with training's builders
+    convserve/              the modules of convserve the handler imports (serving, artifact, common, hardware),
+                            found by following its imports, so the worker needs no install of convserve;
+                            models/ only in archives of the eager backend, which rebuilds the model with them
     artifact/               model_card.json, index_to_name.json and the ONE model file the backend loads
     model-config.yaml       batching, workers, timeouts, and the handler's settings (section ``handler``)
 """
@@ -12,32 +12,45 @@ Inside the archive (unpacked into the worker's model directory, which TorchServe
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from functools import cache
 from pathlib import Path
 
 import yaml
 
-from common.errors import ConvserveError
-from export.artifact import CARD_FILE, INDEX_FILE, read_card
-from serving.archive_settings import ArchiveSettings
-from serving.backends import pick_model_file, verify_model_file
+import convserve
+from convserve.artifact.card import CARD_FILE, INDEX_FILE, read_card
+from convserve.common.errors import ConvserveError
+from convserve.serving.archive_settings import ArchiveSettings
+from convserve.serving.backends import pick_model_file, verify_model_file
 
-REPO = Path(__file__).resolve().parents[1]
-HANDLER = REPO / "serving" / "handler.py"
-OUR_PACKAGES = ("serving", "export", "training", "hardware", "common")
+HANDLER = Path(__file__).with_name("handler.py")
 ARCHIVE_FORMATS = ("zip-store", "default", "no-archive")
+
+
+@cache
+def _room_folder(room: str) -> Path | None:
+    """Where ``convserve.<room>`` lives (installed, or a checkout's top-level folder), found without importing it."""
+    spec = importlib.util.find_spec(f"convserve.{room}")
+    return Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
 
 
 def _module_file(name: str) -> Path | None:
     parts = name.split(".")
-    if parts[0] not in OUR_PACKAGES:
+    if parts[0] != "convserve":
         return None
-    base = REPO.joinpath(*parts)
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+    if len(parts) == 1:
+        return Path(convserve.__file__)
+    folder = _room_folder(parts[1])
+    if folder is None:
+        return None
+    base = folder.joinpath(*parts[2:])
+    for candidate in (base.with_suffix(".py"), base / "__init__.py") if len(parts) > 2 else (base / "__init__.py",):
         if candidate.is_file():
             return candidate
     return None
@@ -54,23 +67,27 @@ def _imported_names(path: Path) -> set[str]:
     return names
 
 
-def module_closure(entry: Path, skip: tuple[str, ...] = ()) -> list[Path]:
-    """Every file of our packages that ``entry`` imports, directly or not, with the packages' __init__.py;
-    imports of the packages in ``skip`` are not followed."""
-    seen: set[Path] = set()
+def module_closure(entry: Path, skip: tuple[str, ...] = ()) -> dict[str, Path]:
+    """Every file of convserve that ``entry`` imports, directly or not, with the packages' __init__.py, keyed by
+    its path inside the package (``convserve/serving/classifier.py``); imports of the packages in ``skip``
+    (``convserve.models``) are not followed."""
+    found: dict[str, Path] = {}
     todo = [entry]
     while todo:
         path = todo.pop()
         for name in _imported_names(path):
-            parts = name.split(".")
-            if parts[0] in skip:
+            if any(name == s or name.startswith(f"{s}.") for s in skip):
                 continue
+            parts = name.split(".")
             for depth in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ too
-                found = _module_file(".".join(parts[:depth]))
-                if found is not None and found not in seen and found != entry:
-                    seen.add(found)
-                    todo.append(found)
-    return sorted(seen)
+                source = _module_file(".".join(parts[:depth]))
+                if source is None or source == entry:
+                    continue
+                inside = "/".join(parts[:depth]) + ("/__init__.py" if source.name == "__init__.py" else ".py")
+                if inside not in found:
+                    found[inside] = source
+                    todo.append(source)
+    return dict(sorted(found.items()))
 
 
 def _stage(artifact_dir: Path, stage: Path, backend: str) -> str:
@@ -85,9 +102,11 @@ def _stage(artifact_dir: Path, stage: Path, backend: str) -> str:
             raise ConvserveError(f"{artifact_dir / name} is missing")
         (target / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(artifact_dir / name, target / name)
-    # training is what the eager backend rebuilds a model with: only its archives carry it
-    for source in module_closure(HANDLER, skip=() if model_file.format == "eager" else ("training",)):
-        dest = stage / source.relative_to(REPO)
+    # the model builders (and torchvision) are what the eager backend rebuilds a model with: only its archives
+    # carry them
+    skip = () if model_file.format == "eager" else ("convserve.models",)
+    for inside, source in module_closure(HANDLER, skip=skip).items():
+        dest = stage / inside
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, dest)
     return model_file.format

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from common.errors import ConvserveError
-from common.files import sha256_file
-from export.artifact import ModelCard, ModelFile
-from export.runtimes import Backend, OnnxBackend, TorchModuleBackend, TorchScriptBackend
+from convserve.artifact.card import ModelCard, ModelFile
+from convserve.artifact.runtimes import Backend, OnnxBackend, TorchModuleBackend, TorchScriptBackend
+from convserve.common.errors import ConvserveError
+from convserve.common.files import sha256_file
 
 __all__ = ["AUTO_ORDER", "BACKENDS", "Backend", "EagerBackend", "load_backend", "pick_model_file", "share_cores"]
 
@@ -28,8 +28,8 @@ class EagerBackend(TorchModuleBackend):
 
     def __init__(self, path: Path, device: str = "cpu", threads: int | None = None):
         try:
-            from training.checkpoint import load_checkpoint
-            from training.models import model_from_checkpoint
+            from convserve.models import model_from_checkpoint
+            from convserve.models.checkpoint import load_checkpoint
         except ImportError as exc:
             raise ConvserveError(f"the eager backend needs the convserve training package: {exc}") from None
         self.checkpoint = load_checkpoint(path)  # its facts (classes, preprocessing) serve checkpoints directly

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import torch
 
-from common.devices import choose_device
-from common.errors import ConvserveError
-from common.images import decode_image
-from common.preprocessing import prepare_batch
-from export.artifact import ModelCard, read_card, read_index_to_name, unique_labels
-from serving.backends import Backend, EagerBackend, load_backend, pick_model_file
+from convserve.artifact.card import ModelCard, read_card, read_index_to_name, unique_labels
+from convserve.common.devices import choose_device
+from convserve.common.errors import ConvserveError
+from convserve.common.images import decode_image
+from convserve.common.preprocessing import prepare_batch
+from convserve.serving.backends import Backend, EagerBackend, load_backend, pick_model_file
 
 TOP_K = 5
 

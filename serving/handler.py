@@ -18,12 +18,12 @@ from typing import Any
 
 import torch
 
-from common.errors import InputError
-from hardware.cpu_share import default_threads, default_workers
-from serving.archive_settings import HandlerSettings
-from serving.backends import share_cores
-from serving.classifier import Classifier
-from serving.payload import image_bytes
+from convserve.common.errors import InputError
+from convserve.hardware.cpu_share import default_threads, default_workers
+from convserve.serving.archive_settings import HandlerSettings
+from convserve.serving.backends import share_cores
+from convserve.serving.classifier import Classifier
+from convserve.serving.payload import image_bytes
 
 log = logging.getLogger(__name__)
 BATCH_HEADER = "X-Convserve-Batch-Size"

@@ -29,12 +29,12 @@ import torch
 from kserve import InferInput, InferOutput, InferRequest, InferResponse, Model
 from kserve.protocol.infer_type import deserialize_bytes_tensor
 
-from common.errors import InputError
-from export.artifact import read_card
-from serving.backends import pick_model_file, share_cores
-from serving.classifier import TOP_K, Classifier
-from serving.payload import decode_base64, image_bytes
-from serving.v2_protocol import INPUT, LABELS, MAX_IMAGES, PROBABILITIES
+from convserve.artifact.card import read_card
+from convserve.common.errors import InputError
+from convserve.serving.backends import pick_model_file, share_cores
+from convserve.serving.classifier import TOP_K, Classifier
+from convserve.serving.payload import decode_base64, image_bytes
+from convserve.serving.v2_protocol import INPUT, LABELS, MAX_IMAGES, PROBABILITIES
 
 HOW_TO = f'send one BYTES input "{INPUT}" of shape [N], encoded image files: raw (binary extension) or base64 (JSON)'
 

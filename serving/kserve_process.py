@@ -20,12 +20,12 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from common.errors import ConvserveError
-from common.files import write_text_atomic
-from serving.classifier import TOP_K
-from serving.procfs import group_members
-from serving.request_gate import MIN_TOKEN_LENGTH
-from serving.torchserve_process import (
+from convserve.common.errors import ConvserveError
+from convserve.common.files import write_text_atomic
+from convserve.hardware.procfs import group_members
+from convserve.serving.classifier import TOP_K
+from convserve.serving.request_gate import MIN_TOKEN_LENGTH
+from convserve.serving.server_lifecycle import (
     ServerLifecycle,
     ServerStartError,
     is_loopback,
@@ -34,7 +34,7 @@ from serving.torchserve_process import (
     serve_in_front,
     url_host,
 )
-from serving.v2_protocol import INPUT, LABELS, PROBABILITIES, json_request
+from convserve.serving.v2_protocol import INPUT, LABELS, PROBABILITIES, json_request
 
 TOKEN_ENV = "CONVSERVE_TOKEN"
 # Test-only: seconds the server process waits before loading the model, so tests can see "not ready" answered.
@@ -117,7 +117,7 @@ class KServeProcess(ServerLifecycle):
         env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
         if self.token:
             env[TOKEN_ENV] = self.token
-        cmd = [sys.executable, "-m", "serving.kserve_server", str(settings_file)]
+        cmd = [sys.executable, "-m", "convserve.serving.kserve_server", str(settings_file)]
         with open(self.run_dir / "console.log", "wb") as console:
             # a session of its own: stop() signals the server and anything it started as one group
             self.proc = subprocess.Popen(
@@ -158,8 +158,11 @@ class KServeProcess(ServerLifecycle):
 
 
 def _source_root() -> Path:
-    """The folder holding the serving package, so ``python -m serving.kserve_server`` finds it from anywhere."""
-    return Path(__file__).resolve().parents[1]
+    """The folder holding the ``convserve`` package: ``python -m convserve.serving.kserve_server`` finds it from
+    there whether convserve is installed or a checkout is run as it is."""
+    import convserve
+
+    return Path(convserve.__file__).resolve().parents[1]
 
 
 def usage_text(server: KServeProcess) -> str:
@@ -185,4 +188,4 @@ def run_v2_server(server: KServeProcess, foreground: bool, say=print) -> int:
     state = run_dir / "server.json"
     if state.exists() and group_members(int(json.loads(state.read_text())["pgid"])):
         raise ConvserveError(f"a server started from {run_dir} is still running; stop it with --stop --run-dir")
-    return serve_in_front(server, usage_text, "the v2 server", "serve_v2.py", foreground, say)
+    return serve_in_front(server, usage_text, "the v2 server", "serve-v2", foreground, say)

@@ -1,6 +1,6 @@
 """The v2 server process: KServe's ModelServer serving one ClassifierModel, the model loading in the background.
 
-    python -m serving.kserve_server RUN_DIR/settings.json      (the token, if any, in $CONVSERVE_TOKEN)
+    python -m convserve.serving.kserve_server RUN_DIR/settings.json      (the token, if any, in $CONVSERVE_TOKEN)
 
 serving/kserve_process.py starts it; nothing else imports it (importing kserve parses sys.argv: kserve.model_server
 reads its own flags at import).
@@ -38,11 +38,11 @@ from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import RequestedOutput
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from common.errors import InputError, one_line
-from serving.kserve_model import HOW_TO, ClassifierModel
-from serving.kserve_process import LOAD_FAILED, TEST_LOAD_DELAY_ENV, TOKEN_ENV, V2ServerSettings
-from serving.request_gate import RequestGate
-from serving.v2_protocol import BINARY_HEADER
+from convserve.common.errors import InputError, one_line
+from convserve.serving.kserve_model import HOW_TO, ClassifierModel
+from convserve.serving.kserve_process import LOAD_FAILED, TEST_LOAD_DELAY_ENV, TOKEN_ENV, V2ServerSettings
+from convserve.serving.request_gate import RequestGate
+from convserve.serving.v2_protocol import BINARY_HEADER
 
 log = logging.getLogger("convserve")
 

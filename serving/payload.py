@@ -18,7 +18,7 @@ import json
 import re
 from typing import Any
 
-from common.errors import InputError
+from convserve.common.errors import InputError
 
 IMAGE_FIELDS = ("data", "image", "file", "b64", "body")
 JSON_FIELDS = ("image", "data", "b64")

@@ -10,9 +10,9 @@ import argparse
 import json
 from pathlib import Path
 
-from common.errors import CliParser, run_cli
-from common.logs import configure_cli_logging
-from serving.predictors import format_predictions, open_predictor, predict_files
+from convserve.common.errors import CliParser, run_cli
+from convserve.common.logs import configure_cli_logging
+from convserve.serving.predictors import format_predictions, open_predictor, predict_files
 
 
 def build_parser() -> CliParser:

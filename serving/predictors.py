@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from common.errors import ConvserveError, InputError
-from common.files import read_image_bytes
-from export.artifact import CARD_FILE
-from serving.classifier import Classifier
+from convserve.artifact.card import CARD_FILE
+from convserve.common.errors import ConvserveError, InputError
+from convserve.common.files import read_image_bytes
+from convserve.serving.classifier import Classifier
 
 
 @dataclass

@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common.errors import ConvserveError, run_cli
-from serving.torchserve_process import ServerSettings, run_server, stop_recorded
+from convserve.common.errors import ConvserveError, run_cli
+from convserve.serving.server_lifecycle import stop_recorded
+from convserve.serving.torchserve_process import ServerSettings, run_server
 
 
 def parse_models(items: list[str]) -> dict[str, str]:

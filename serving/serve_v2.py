@@ -16,11 +16,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from common.errors import CliParser, ConvserveError, run_cli, validation_message
-from export.artifact import read_card
-from serving.classifier import TOP_K
-from serving.kserve_process import TOKEN_ENV, KServeProcess, V2ServerSettings, run_v2_server
-from serving.torchserve_process import stop_recorded
+from convserve.artifact.card import read_card
+from convserve.common.errors import CliParser, ConvserveError, run_cli, validation_message
+from convserve.serving.classifier import TOP_K
+from convserve.serving.kserve_process import TOKEN_ENV, KServeProcess, V2ServerSettings, run_v2_server
+from convserve.serving.server_lifecycle import stop_recorded
 
 
 def build_parser() -> CliParser:

@@ -11,64 +11,36 @@ launcher's pid file in the temp folder, so two servers on one machine would othe
 
 from __future__ import annotations
 
-import io
-import ipaddress
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Self
 
 import httpx
-from PIL import Image
 
-from common.errors import ConvserveError
-from common.files import write_text_atomic
-from hardware.cpu_share import default_workers
-from serving.procfs import group_members
+from convserve.common.errors import ConvserveError
+from convserve.common.files import write_text_atomic
+from convserve.hardware.cpu_share import default_workers
+from convserve.serving.server_lifecycle import (
+    ServerLifecycle,
+    ServerStartError,
+    free_port,
+    group_alive,
+    is_loopback,
+    port_is_free,
+    probe_png,
+    serve_in_front,
+    url_host,
+)
 
-BASE_CONFIG = Path(__file__).with_name("config.properties")
+BASE_CONFIG = resources.files("convserve.serving") / "config.properties"  # package data: ships in the wheel
 WORKER_DIED = ("Backend worker process died", "Load model failed", "Failed to load model")
-
-
-class ServerStartError(ConvserveError):
-    """TorchServe or one of its workers did not come up; the message carries the reason from its logs."""
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def port_is_free(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -117,13 +89,6 @@ def render_config(settings: ServerSettings, grpc_ports: tuple[int, int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def probe_png() -> bytes:
-    """A small real PNG for the readiness prediction (a gradient, so every decoder path runs)."""
-    buf = io.BytesIO()
-    Image.linear_gradient("L").resize((64, 64)).convert("RGB").save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def worker_error(log_text: str) -> str | None:
     """The Python error a dying worker printed, or None when no worker died.
 
@@ -145,59 +110,6 @@ def worker_error(log_text: str) -> str | None:
             return f"{line} ({where})" if where else line
     marked = next(ln for ln in log_text.splitlines() if any(m in ln for m in WORKER_DIED))
     return marked.split(" - ", 1)[-1].strip()  # no Python traceback: the frontend's own line says why
-
-
-class ServerLifecycle:
-    """What both server processes share: ``start`` launches, waits until the model answers (stopping the process
-    if it never does) and times it; ``stop`` (and the end of a ``with`` block) ends the process group the server
-    runs in. Subclasses give ``launch`` (setting ``proc``), ``wait_ready`` and the ``run_dir`` of its console.log.
-    """
-
-    run_dir: Path
-    proc: subprocess.Popen | None = None
-    startup_seconds: float | None = None
-
-    def launch(self) -> None:
-        raise NotImplementedError
-
-    def wait_ready(self) -> None:
-        raise NotImplementedError
-
-    def console_text(self) -> str:
-        path = self.run_dir / "console.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def _tail(self, lines: int = 25) -> str:
-        return "\n".join(self.console_text().splitlines()[-lines:])
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM the server's process group (and all it started), SIGKILL what is left after ``timeout``."""
-        if self.proc is not None:
-            stop_group(self.proc.pid, timeout, reap=self.proc.poll)
-            self.proc.wait()
-            self.proc = None
-        self.after_stop()
-
-    def after_stop(self) -> None:
-        """What a server leaves behind once its processes are gone (nothing by default)."""
-
-    def start(self) -> Self:
-        """Launch and return once the model answers (the process stopped if it never does)."""
-        started = time.perf_counter()
-        self.launch()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_seconds = time.perf_counter() - started
-        return self
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 class TorchServeProcess(ServerLifecycle):
@@ -341,65 +253,6 @@ class TorchServeProcess(ServerLifecycle):
             self.tmp_dir = None
 
 
-def _group_alive(pgid: int) -> bool:
-    """A member of the group still runs. Zombies do not count: a launcher whose parent exited (serve.py in the
-    background) waits as a zombie until its new parent reaps it, which some container inits never do."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return bool(group_members(pgid))
-
-
-def stop_group(pgid: int, timeout: float = 30.0, reap=None) -> str | None:
-    """SIGTERM the group, SIGKILL it after ``timeout``; returns "terminated" or "killed" (None: nothing ran).
-    ``reap``: our child's poll, so an exited launcher is not kept as a zombie member of the group."""
-    if not _group_alive(pgid):
-        return None
-    os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if reap is not None:
-            reap()
-        if not _group_alive(pgid):
-            _await_reaping(pgid, reap)
-            return "terminated"
-        time.sleep(0.2)
-    os.killpg(pgid, signal.SIGKILL)
-    return "killed"
-
-
-def _await_reaping(pgid: int, reap=None, patience: float = 2.0) -> None:
-    """Give the group's zombies a moment to be reaped by parents that still run (java reaps its workers, the
-    launcher java); a zombie whose parent never reaps (an orphan under such an init) is left after ``patience``."""
-    deadline = time.monotonic() + patience
-    while time.monotonic() < deadline:
-        if reap is not None:
-            reap()
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        except PermissionError:
-            return
-        time.sleep(0.05)
-
-
-def stop_recorded(run_dir: Path, timeout: float = 30.0) -> str | None:
-    """Stop the server whose state a background start left in ``run_dir/server.json``: "terminated" (SIGTERM
-    sufficed) or "killed" (SIGKILL after ``timeout``); None when none was recorded or it no longer ran."""
-    state_file = Path(run_dir) / "server.json"
-    if not state_file.exists():
-        return None
-    state = json.loads(state_file.read_text())
-    how = stop_group(int(state["pgid"]), timeout)
-    shutil.rmtree(state.get("tmp_dir", ""), ignore_errors=True)
-    state_file.unlink()
-    return how
-
-
 def usage_text(server: TorchServeProcess) -> str:
     """What to tell a person once the server answers: where, how to call it, how to stop it."""
     s = server.settings
@@ -427,32 +280,8 @@ def run_server(settings: ServerSettings, foreground: bool, say=print) -> int:
     """Start and wait until ready; foreground: serve until SIGINT/SIGTERM, then stop. Returns an exit code."""
     run_dir = Path(settings.run_dir or "logs/torchserve")
     state = run_dir / "server.json"
-    if state.exists() and _group_alive(int(json.loads(state.read_text())["pgid"])):
+    if state.exists() and group_alive(int(json.loads(state.read_text())["pgid"])):
         raise ConvserveError(f"a server started from {run_dir} is still running; stop it with --stop --run-dir")
     settings.run_dir = run_dir
     server = TorchServeProcess(settings)
-    return serve_in_front(server, usage_text, "TorchServe", "serve.py", foreground, say, forget=state)
-
-
-def serve_in_front(server, usage, what: str, cli: str, foreground: bool, say=print, forget: Path | None = None) -> int:
-    """Start ``server`` (either server's process class) and wait until it answers; foreground: serve until
-    SIGINT/SIGTERM, then stop it (and remove ``forget``, its recorded state). Returns the CLI's exit code."""
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    server.start()
-    say(usage(server))
-    if not foreground:
-        say(f"  stop: python serving/{cli} --stop --run-dir {server.run_dir}")
-        return 0
-    say("  serving in the foreground; Ctrl-C stops it")
-    try:
-        code = server.proc.wait()
-        say(f"{what} exited by itself with code {code}; see {server.run_dir / 'console.log'}")
-        return 1
-    finally:
-        server.stop()
-        if forget is not None:
-            forget.unlink(missing_ok=True)
-
-
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+    return serve_in_front(server, usage_text, "TorchServe", "serve", foreground, say, forget=state)

@@ -15,8 +15,8 @@ PYTHON = REPO / ".venv" / "bin" / "python"
 
 def train_digits(run_dir: Path, arch: str, epochs: int, **extra) -> Path:
     """Train in-process on digits; returns the run folder (checkpoints/best.pt, summary.json inside)."""
-    from training.config import build_config
-    from training.trainer import run_training
+    from convserve.training.config import build_config
+    from convserve.training.trainer import run_training
 
     overrides = {"model": arch, "epochs": epochs, "output_dir": run_dir, "seed": 0, **extra}
     run_training(build_config({"run": {"print_freq": 1000}}, overrides))

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common.preprocessing import Preprocessing
-from export.artifact import ModelCard, ModelFile, write_card, write_index_to_name
-from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from training.data.presets import EvalPreset
-from training.models import model_from_checkpoint
-from training.models.builders import build_model
+from convserve.artifact.card import ModelCard, ModelFile, write_card, write_index_to_name
+from convserve.common.preprocessing import Preprocessing
+from convserve.models import model_from_checkpoint
+from convserve.models.builders import build_model
+from convserve.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from convserve.training.data.presets import EvalPreset
 
 FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.ts.pt", "eager": "model.pt"}
 

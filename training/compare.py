@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from common.errors import CliParser, run_cli
-from common.logs import configure_cli_logging
-from training.analysis.compare_models import compare_checkpoints, format_comparison
+from convserve.common.errors import CliParser, run_cli
+from convserve.common.logs import configure_cli_logging
+from convserve.training.analysis.compare_models import compare_checkpoints, format_comparison
 
 
 def build_parser() -> CliParser:

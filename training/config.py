@@ -10,9 +10,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
-from common.errors import ConvserveError, first_line, validation_message
-from common.files import write_text_atomic
-from training.engine.precision import PRECISIONS
+from convserve.common.errors import ConvserveError, first_line, validation_message
+from convserve.common.files import write_text_atomic
+from convserve.training.engine.precision import PRECISIONS
 
 ARCHS = ("alexnet", "resnet18", "resnet34", "mlp")
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "caltech101", "imagefolder", "tiny-imagenet")

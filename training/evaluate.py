@@ -8,14 +8,14 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from common.devices import choose_device
-from common.errors import CliParser, ConvserveError, run_cli
-from common.logs import configure_cli_logging
-from training.checkpoint import load_checkpoint
-from training.config import DATASETS
-from training.data.registry import build_eval_split, data_config_for
-from training.engine.evaluation import evaluate
-from training.models import model_from_checkpoint
+from convserve.common.devices import choose_device
+from convserve.common.errors import CliParser, ConvserveError, run_cli
+from convserve.common.logs import configure_cli_logging
+from convserve.models import model_from_checkpoint
+from convserve.models.checkpoint import load_checkpoint
+from convserve.training.config import DATASETS
+from convserve.training.data.registry import build_eval_split, data_config_for
+from convserve.training.engine.evaluation import evaluate
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.errors import CliParser, run_cli
-from training.analysis.filters_viz import write_filter_pictures
+from convserve.common.errors import CliParser, run_cli
+from convserve.training.analysis.filters_viz import write_filter_pictures
 
 
 def build_parser() -> CliParser:

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import torch
 
-from common.devices import choose_device
-from common.errors import run_cli
-from common.host_memory import retain_freed_memory
-from training.config import load_config
-from training.engine.distributed import DistInfo
-from training.engine.step_profile import profile_epoch
-from training.engine.throughput import training_rate
-from training.train import build_parser
-from training.trainer import build_session, make_loaders, set_training_threads
+from convserve.common.devices import choose_device
+from convserve.common.errors import run_cli
+from convserve.common.host_memory import retain_freed_memory
+from convserve.training.config import load_config
+from convserve.training.engine.distributed import DistInfo
+from convserve.training.engine.step_profile import profile_epoch
+from convserve.training.engine.throughput import training_rate
+from convserve.training.train import build_parser
+from convserve.training.trainer import build_session, make_loaders, set_training_threads
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,8 +7,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from common.errors import ConvserveError
-from common.files import atomic_file, write_json_atomic
+from convserve.common.errors import ConvserveError
+from convserve.common.files import atomic_file, write_json_atomic
 
 METRIC_COLUMNS = [
     "epoch",

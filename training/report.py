@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.errors import CliParser, run_cli
-from training.analysis.reports import write_report
+from convserve.common.errors import CliParser, run_cli
+from convserve.training.analysis.reports import write_report
 
 
 def build_parser() -> CliParser:

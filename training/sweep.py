@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.errors import CliParser, run_cli
-from training.analysis.sweeps import run_sweep
+from convserve.common.errors import CliParser, run_cli
+from convserve.training.analysis.sweeps import run_sweep
 
 
 def build_parser() -> CliParser:

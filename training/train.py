@@ -13,8 +13,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
-from common.errors import CliParser, run_cli
-from training.config import FLAG_SHORTCUTS, TrainConfig, config_flags, load_config, recipe_sets
+from convserve.common.errors import CliParser, run_cli
+from convserve.training.config import FLAG_SHORTCUTS, TrainConfig, config_flags, load_config, recipe_sets
 
 
 class ConfigHelpFormatter(argparse.HelpFormatter):
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # imported here: --help and a bad flag answer without loading torchvision and the data pipeline (~4 s)
-    from training.trainer import load_resume_config, run_training
+    from convserve.training.trainer import load_resume_config, run_training
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("config", "resume")}
     if args.resume and args.output_dir is not None and args.config is None:

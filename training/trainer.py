@@ -17,24 +17,30 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from common.devices import choose_device
-from common.errors import ConvserveError
-from common.host_memory import retain_freed_memory
-from common.versions import library_versions
-from hardware.cpus import usable_cpus
-from training.analysis.plots import write_run_plots
-from training.checkpoint import Checkpoint, link_checkpoint, load_checkpoint, save_checkpoint
-from training.config import TrainConfig, build_config, config_to_dict, dump_config
-from training.data import DataBundle, build_datasets
-from training.data.presets import BatchCollate
-from training.engine.distributed import DistInfo, ShardSampler, broadcast_object, init_distributed, shutdown_distributed
-from training.engine.ema import WeightAverage
-from training.engine.evaluation import EvalResult, evaluate
-from training.engine.precision import PrecisionChoice, resolve_precision
-from training.engine.throughput import training_rate
-from training.engine.train_loop import train_one_epoch
-from training.models import build_model
-from training.records import RunRecorder, claim_run_dir, new_run_dir
+from convserve.common.devices import choose_device
+from convserve.common.errors import ConvserveError
+from convserve.common.host_memory import retain_freed_memory
+from convserve.common.versions import library_versions
+from convserve.hardware.cpus import usable_cpus
+from convserve.models import build_model
+from convserve.models.checkpoint import Checkpoint, link_checkpoint, load_checkpoint, save_checkpoint
+from convserve.training.analysis.plots import write_run_plots
+from convserve.training.config import TrainConfig, build_config, config_to_dict, dump_config
+from convserve.training.data import DataBundle, build_datasets
+from convserve.training.data.presets import BatchCollate
+from convserve.training.engine.distributed import (
+    DistInfo,
+    ShardSampler,
+    broadcast_object,
+    init_distributed,
+    shutdown_distributed,
+)
+from convserve.training.engine.ema import WeightAverage
+from convserve.training.engine.evaluation import EvalResult, evaluate
+from convserve.training.engine.precision import PrecisionChoice, resolve_precision
+from convserve.training.engine.throughput import training_rate
+from convserve.training.engine.train_loop import train_one_epoch
+from convserve.training.records import RunRecorder, claim_run_dir, new_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -461,7 +467,7 @@ def rate_line(summary: dict) -> str:
 
 def load_resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
     """On --resume the run's own config.yaml is the base; flags given now (e.g. more epochs) override it."""
-    from training.config import read_yaml
+    from convserve.training.config import read_yaml
 
     return build_config(read_yaml(run_dir / "config.yaml"), overrides)
 

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common.errors import CliParser, ConvserveError, run_cli
+from convserve.common.errors import CliParser, ConvserveError, run_cli
 from gpu_check import wheels
 from gpu_check.runs import REPO
 

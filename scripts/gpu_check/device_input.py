@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as nn_functional
 
-from common.preprocessing import Preprocessing
+from convserve.common.preprocessing import Preprocessing
 
 
 class ResidentImages:

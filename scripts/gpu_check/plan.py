@@ -111,7 +111,7 @@ def make_plan(dry_run: bool, nproc: int | None, epochs: int | None, compile_mode
     """The dry-run plan, or the GPU plan where torch sees a CUDA GPU (ConvserveError where it does not)."""
     import torch
 
-    from common.errors import ConvserveError
+    from convserve.common.errors import ConvserveError
 
     if dry_run:
         return dry_plan(nproc or 2, compile_model)

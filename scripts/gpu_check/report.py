@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from common.files import write_text_atomic
+from convserve.common.files import write_text_atomic
 
 SCHEMA = "convserve.gpu_report/v1"
 JSON_NAME, MD_NAME = "gpu_report.json", "gpu_report.md"
@@ -39,8 +39,8 @@ def machine_facts(device: str) -> dict[str, Any]:
     """CPU model and flags, usable CPUs, load, library versions; the GPU, its memory and CUDA where used."""
     import torch
 
-    from benchmarking.machine import describe_machine
-    from hardware.cpu_features import cpu_flags
+    from convserve.hardware.cpu_features import cpu_flags
+    from convserve.hardware.machine import describe_machine
 
     facts: dict[str, Any] = describe_machine().model_dump()
     flags = cpu_flags()

@@ -26,7 +26,7 @@ def artifact(ctx: Context) -> Path:
     """model.onnx, model.fp16.onnx and model.ts.pt exported from the autocast run's best.pt (export CLIs)."""
 
     def make() -> Path:
-        from export import to_onnx, to_torchscript
+        from convserve.export import to_onnx, to_torchscript
 
         ckpt = autocast_run(ctx).folder / "checkpoints" / "best.pt"
         folder = ctx.work / "artifact"
@@ -38,7 +38,7 @@ def artifact(ctx: Context) -> Path:
 
 
 def check_export(ctx: Context) -> Row:
-    from export.artifact import read_card
+    from convserve.artifact.card import read_card
 
     card = read_card(artifact(ctx))
     parts, accs, ok = [], [], True
@@ -72,9 +72,9 @@ def check_image_bytes(ctx: Context) -> list[bytes]:
     """PNG bytes of the checkpoint's own test images (its dataset as loaded for training) and the sample photos."""
 
     def make() -> list[bytes]:
-        from export.check_images import sample_photo_bytes
-        from training.checkpoint import load_checkpoint
-        from training.data.registry import data_config_for, load_raw
+        from convserve.export.check_images import sample_photo_bytes
+        from convserve.models.checkpoint import load_checkpoint
+        from convserve.training.data.registry import data_config_for, load_raw
 
         ckpt = load_checkpoint(autocast_run(ctx).folder / "checkpoints" / "best.pt")
         cfg, seed = data_config_for(ckpt, None, None)
@@ -102,7 +102,7 @@ def agreement(reference: list[dict[str, float]], answers: list[dict[str, float]]
 
 def serving_speed(clf, images: list[bytes], plan: Plan) -> tuple[float, float]:
     """(p50 ms of single-image predict() calls, images/s of predict() calls of ``plan.serve_batch`` images)."""
-    from serving.latency_stats import LatencyStats
+    from convserve.loadtest.latency_stats import LatencyStats
 
     batch = [images[i % len(images)] for i in range(plan.serve_batch)]
     for _ in range(3):  # warm-up: cuDNN's algorithm choice, the allocator
@@ -121,8 +121,8 @@ def serving_speed(clf, images: list[bytes], plan: Plan) -> tuple[float, float]:
 
 
 def check_serve(ctx: Context, backend: str) -> Row:
-    from export.check_images import SAMPLE_PHOTOS
-    from serving.classifier import Classifier
+    from convserve.export.check_images import SAMPLE_PHOTOS
+    from convserve.serving.classifier import Classifier
 
     plan, folder, images = ctx.plan, artifact(ctx), check_image_bytes(ctx)
     threads = plan.serve_threads
@@ -141,7 +141,7 @@ def check_serve(ctx: Context, backend: str) -> Row:
         f"top-1 equal to CPU on {agree}/{len(images)} images; batch-1 p50 {p50:.2f} ms; batch-{plan.serve_batch} "
         f"{per_s:,.0f} img/s; " + (f"peak GPU {peak:.0f} MB" if peak else "no GPU memory (CPU)"),
         "top-1 equal to the CPU on every check image" + ("" if plan.dry_run else "; GPU memory measured"),
-        f"serving.classifier.Classifier.from_artifact(ARTIFACT, backend={backend!r}, device={plan.device!r}) "
+        f"convserve.serving.classifier.Classifier.from_artifact(ARTIFACT, backend={backend!r}, device={plan.device!r}) "
         "against the same backend on the CPU, on encoded PNG bytes (decode, preprocess, model, top-5 as a request "
         f"is served): {len(images) - photos} test images of the checkpoint's dataset and {photos} scikit-image "
         f"photos. p50 of {plan.latency_repeats} single-image predict() calls; throughput of {plan.batch_repeats} "

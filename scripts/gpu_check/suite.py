@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from common.errors import first_line
+from convserve.common.errors import first_line
 from gpu_check.context import Context
 from gpu_check.plan import BUDGET_S, Plan
 from gpu_check.report import Report, Row, machine_facts, table

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.files import write_bytes_atomic
+from convserve.common.files import write_bytes_atomic
 
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 BATCHES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")

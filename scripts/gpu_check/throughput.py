@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from common.devices import choose_device
+from convserve.common.devices import choose_device
 from gpu_check.context import Context
 from gpu_check.device_input import DeviceAugment, ResidentImages
 from gpu_check.plan import EPOCH_IMAGES, Plan, ThroughputCase
@@ -31,7 +31,7 @@ def synthetic_cifar(ctx: Context) -> CifarSet:
     """Written once in the real format, read back by training/data's CIFAR-10 loader."""
 
     def make() -> CifarSet:
-        from training.data.torchvision_sets import load_cifar10
+        from convserve.training.data.torchvision_sets import load_cifar10
 
         root = ctx.work / "cifar10"
         write_synthetic_cifar10(root, ctx.plan.cifar_per_batch)
@@ -66,12 +66,12 @@ class TrainingStep:
 
 def training_step(plan: Plan, case: ThroughputCase, data: CifarSet, device: torch.device) -> TrainingStep:
     """The model with its recipe's optimizer and loss, autocast, channels-last, fed by the device pipeline."""
-    from training.config import build_config
-    from training.data.facts import FACTS
-    from training.data.registry import preprocessing_for
-    from training.engine.precision import resolve_precision
-    from training.models import build_model
-    from training.trainer import make_optimizer
+    from convserve.models import build_model
+    from convserve.training.config import build_config
+    from convserve.training.data.facts import FACTS
+    from convserve.training.data.registry import preprocessing_for
+    from convserve.training.engine.precision import resolve_precision
+    from convserve.training.trainer import make_optimizer
 
     cfg = build_config({}, {"model": case.arch, "dataset": "cifar10", "input_size": case.input_size})
     pre = preprocessing_for(FACTS["cifar10"], case.arch, case.input_size)
@@ -129,16 +129,16 @@ def what_is_timed(plan: Plan, case: ThroughputCase, steps: int, images: int, pre
         f"on the device, TrainPreset's small policy (resize to {case.input_size} px, pad-crop by "
         f"{max(1, case.input_size // 8)} px, flip, normalise), channels-last; forward and label-smoothed "
         f"cross-entropy under {precision} autocast{', torch.compile' if plan.compile else ''}; backward; the "
-        "trainer's fused AdamW step (training.trainer.make_optimizer with the model's recipe)"
+        "trainer's fused AdamW step (convserve.training.trainer.make_optimizer with the model's recipe)"
         + (" and the GradScaler" if precision == "fp16" else "")
         + ". Not timed: the trainer's per-step loss.item() and accuracy meters (host syncs) and its DataLoader "
         "(the trainer has no device-resident input path). FLOPs per image from torch's FlopCounterMode "
-        "(hardware.flops); the GEMM rate is torch.mm measured in this command (hardware.rates)."
+        "(convserve.hardware.flops); the GEMM rate is torch.mm measured in this command (convserve.hardware.rates)."
     )
 
 
 def check_throughput(ctx: Context, case: ThroughputCase) -> Row:
-    from training.engine.throughput import training_rate
+    from convserve.training.engine.throughput import training_rate
 
     plan, device = ctx.plan, choose_device(ctx.plan.device)  # cuda:0, as the trainer names it (rates cached)
     data = synthetic_cifar(ctx)

@@ -12,7 +12,7 @@ from gpu_check.training_checks import autocast_run
 
 
 def process_group(device: str, nproc: int) -> str:
-    """The backend training.engine.distributed picks: none for one process (it forms no group then)."""
+    """The backend convserve.training.engine.distributed picks: none for one process (it forms no group then)."""
     if nproc <= 1:
         return "no process group: one process"
     return "nccl" if device == "cuda" else "gloo"

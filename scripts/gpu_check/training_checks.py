@@ -35,8 +35,8 @@ class TrainedRun:
 
 def train_digits(ctx: Context, name: str, device: str, precision: str) -> TrainedRun:
     """``training/train.py`` (its main, in this process) with the plan's preset on ``device``."""
-    from training import train
-    from training.records import read_metrics
+    from convserve.training import train
+    from convserve.training.records import read_metrics
 
     folder = ctx.work / name
     argv = [*ctx.plan.train_args, "--device", device, "--precision", precision, "--output-dir", str(folder)]
@@ -58,14 +58,14 @@ def autocast_run(ctx: Context) -> TrainedRun:
 
 
 def expected_auto_precision(device: str) -> str:
-    from training.engine.precision import resolve_precision
+    from convserve.training.engine.precision import resolve_precision
 
     return resolve_precision("auto", torch.device(device)).precision
 
 
 def scaler_state(folder: Path) -> dict[str, Any] | None:
     """The GradScaler state last.pt carries for --resume (None: the run kept none)."""
-    from training.checkpoint import load_checkpoint
+    from convserve.models.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(folder / "checkpoints" / "last.pt", with_train_state=True)
     return (ckpt.train_state or {}).get("scaler")
@@ -154,8 +154,8 @@ def kill_inside_second_epoch(cmd: list[str], log: Path, timeout_s: int) -> tuple
 
 
 def check_kill_resume(ctx: Context) -> Row:
-    from training.checkpoint import load_checkpoint
-    from training.records import read_metrics
+    from convserve.models.checkpoint import load_checkpoint
+    from convserve.training.records import read_metrics
 
     plan, folder = ctx.plan, ctx.work / "kill9"
     epochs = plan.kill_epochs

@@ -20,12 +20,12 @@ import torch
 import yaml
 from PIL import Image
 
-from common.errors import ConvserveError, run_cli
+from convserve.common.errors import ConvserveError, run_cli
+from convserve.models.checkpoint import load_checkpoint, save_checkpoint
+from convserve.training.analysis.compare_models import compare_checkpoints
+from convserve.training.analysis.filters_viz import FILTER_TILE, MAP_TILE, grid_size, write_filter_pictures
+from convserve.training.analysis.reports import write_report
 from tests.conftest import PYTHON, REPO
-from training.analysis.compare_models import compare_checkpoints
-from training.analysis.filters_viz import FILTER_TILE, MAP_TILE, grid_size, write_filter_pictures
-from training.analysis.reports import write_report
-from training.checkpoint import load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.slow
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -92,8 +92,8 @@ def test_predict_reads_photos_in_any_mode_and_prints_a_table(digits_run, photos,
 
 
 def test_training_files_decode_to_the_pixels_serving_decodes(photos, tmp_path):
-    from common.images import decode_image
-    from training.data.image_files import decode_rgb
+    from convserve.common.images import decode_image
+    from convserve.training.data.image_files import decode_rgb
 
     with Image.open(photos["chelsea"]) as im:
         im.load()
@@ -121,8 +121,9 @@ def test_predict_bad_input_is_a_one_line_error(digits_run, tmp_path, digit_image
 
 
 def test_predict_answers_the_same_from_checkpoint_artifact_and_torchserve(digits_run, digit_images, photos, tmp_path):
-    from serving.archive_builder import build_archive
-    from serving.torchserve_process import ServerSettings, TorchServeProcess, free_port
+    from convserve.serving.archive_builder import build_archive
+    from convserve.serving.server_lifecycle import free_port
+    from convserve.serving.torchserve_process import ServerSettings, TorchServeProcess
     from tests.serving_helpers import build_artifact
 
     run_dir = digits_run("mlp", 2)

@@ -14,16 +14,16 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarking.charts import CHART_FILES
-from benchmarking.results import BASELINE, BenchmarkResults
-from benchmarking.stock import model_source, stock_unsupported
-from common.errors import ConvserveError
-from common.preprocessing import Preprocessing
-from export.artifact import read_card
-from serving.latency_stats import LatencyStats
+from convserve.artifact.card import read_card
+from convserve.benchmarking.charts import CHART_FILES
+from convserve.benchmarking.results import BASELINE, BenchmarkResults
+from convserve.benchmarking.stock import model_source, stock_unsupported
+from convserve.common.errors import ConvserveError
+from convserve.common.preprocessing import Preprocessing
+from convserve.loadtest.latency_stats import LatencyStats
+from convserve.models.builders import build_model
+from convserve.models.checkpoint import Checkpoint, save_checkpoint
 from tests.serving_helpers import build_artifact
-from training.checkpoint import Checkpoint, save_checkpoint
-from training.models.builders import build_model
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -219,9 +219,9 @@ def test_torchvision_without_its_weights_is_one_line_naming_the_fix(tmp_path):
 def test_random_weights_reach_the_export(monkeypatch, tmp_path):
     """--random-weights on the command line → the options → the exporter's torchvision source (which the tables'
     first line then follows through the card: tests/unit/test_bench_floors.py)."""
-    import benchmarking.benchmark as benchmark
-    import benchmarking.suite as suite
-    import export.sources
+    import convserve.benchmarking.benchmark as benchmark
+    import convserve.benchmarking.suite as suite
+    import convserve.export.sources
 
     seen: dict[str, suite.BenchmarkOptions] = {}
 
@@ -241,7 +241,7 @@ def test_random_weights_reach_the_export(monkeypatch, tmp_path):
         asked.append((arch, random_weights))
         raise ConvserveError("stop here")
 
-    monkeypatch.setattr(export.sources, "torchvision_source", source)
+    monkeypatch.setattr(convserve.export.sources, "torchvision_source", source)
     opts = suite.BenchmarkOptions(output_dir=tmp_path, torchvision="resnet18", random_weights=True)
     with pytest.raises(ConvserveError, match="stop here"):
         suite.export_artifact(opts, tmp_path, ["onnx"], [], say=lambda _: None)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.archive_settings import ArchiveSettings
+from convserve.serving.archive_settings import ArchiveSettings
 from tests.serving_helpers import build_artifact, random_run
 
 pytestmark = pytest.mark.slow

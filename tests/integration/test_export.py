@@ -18,15 +18,15 @@ import pytest
 import torch
 import torchvision
 
-from common.errors import ConvserveError
-from common.files import sha256_file
-from export.artifact import FILE_NAMES, read_card, read_index_to_name, unique_labels, write_card
-from export.check_images import image_file_tensor
-from export.pipeline import ExportRequest, run_export
-from export.sources import checkpoint_source, random_weights_note, torchvision_source, weights_sha256
+from convserve.artifact.card import FILE_NAMES, read_card, read_index_to_name, unique_labels, write_card
+from convserve.common.errors import ConvserveError
+from convserve.common.files import sha256_file
+from convserve.export.check_images import image_file_tensor
+from convserve.export.pipeline import ExportRequest, run_export
+from convserve.export.sources import checkpoint_source, random_weights_note, torchvision_source, weights_sha256
+from convserve.models import model_from_checkpoint
+from convserve.models.checkpoint import load_checkpoint
 from tests.conftest import PYTHON, REPO
-from training.checkpoint import load_checkpoint
-from training.models import model_from_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -369,8 +369,8 @@ def test_usage_errors_are_one_line(digits_run, photos, tmp_path):
 def test_a_failed_parity_check_exits_1_and_writes_nothing(digits_run, tmp_path, monkeypatch, capsys):
     """An exporter bug cannot be produced on demand, so the TorchScript exporter is swapped (in-process) for
     one that traces a model with perturbed weights; the real parity check must catch it."""
-    import export.pipeline as pipeline
-    from export.to_torchscript import main
+    import convserve.export.pipeline as pipeline
+    from convserve.export.to_torchscript import main
 
     real = pipeline.export_torchscript
 

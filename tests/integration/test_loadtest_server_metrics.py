@@ -9,10 +9,10 @@ import json
 import httpx
 import pytest
 
-from serving.loadgen import read_payloads
-from serving.loadtest import main as loadtest_main
-from serving.open_loop import OpenLoopPlan, run_open_loop_sync
-from serving.server_metrics import parse_counters
+from convserve.loadtest.loadgen import read_payloads
+from convserve.loadtest.loadtest import main as loadtest_main
+from convserve.loadtest.open_loop import OpenLoopPlan, run_open_loop_sync
+from convserve.loadtest.server_metrics import parse_counters
 from tests.integration.test_serving import runs, server, store  # noqa: F401  (the fixtures, reused)
 
 pytestmark = pytest.mark.slow

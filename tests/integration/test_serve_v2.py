@@ -23,12 +23,22 @@ import tritonclient.http as triton
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from serving.archive_builder import build_archive
-from serving.classifier import Classifier
-from serving.kserve_process import TEST_LOAD_DELAY_ENV, TOKEN_ENV, KServeProcess, V2ServerSettings
-from serving.procfs import group_members
-from serving.torchserve_process import ServerSettings, ServerStartError, TorchServeProcess
-from serving.v2_protocol import INPUT, LABELS, MAX_IMAGES, PROBABILITIES, answers, b64, binary_request, json_request
+from convserve.hardware.procfs import group_members
+from convserve.serving.archive_builder import build_archive
+from convserve.serving.classifier import Classifier
+from convserve.serving.kserve_process import TEST_LOAD_DELAY_ENV, TOKEN_ENV, KServeProcess, V2ServerSettings
+from convserve.serving.server_lifecycle import ServerStartError
+from convserve.serving.torchserve_process import ServerSettings, TorchServeProcess
+from convserve.serving.v2_protocol import (
+    INPUT,
+    LABELS,
+    MAX_IMAGES,
+    PROBABILITIES,
+    answers,
+    b64,
+    binary_request,
+    json_request,
+)
 from tests.serving_helpers import build_artifact, free_port
 
 pytestmark = pytest.mark.slow

@@ -25,17 +25,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serving.archive_builder import build_archive
-from serving.archive_settings import ArchiveSettings
-from serving.handler import BATCH_HEADER
-from serving.torchserve_process import (
-    ServerSettings,
-    ServerStartError,
-    TorchServeProcess,
-    free_port,
-    render_config,
-    worker_error,
-)
+from convserve.serving.archive_builder import build_archive
+from convserve.serving.archive_settings import ArchiveSettings
+from convserve.serving.handler import BATCH_HEADER
+from convserve.serving.server_lifecycle import ServerStartError, free_port
+from convserve.serving.torchserve_process import ServerSettings, TorchServeProcess, render_config, worker_error
 from tests.serving_helpers import EagerReference
 
 pytestmark = pytest.mark.slow
@@ -268,7 +262,7 @@ def test_management_and_metrics(server, client):
 def test_workers_follow_the_serving_machines_cpus_when_the_archive_names_none(store, tmp_path, monkeypatch):
     """An archive without minWorkers/maxWorkers: TorchServe starts as many workers as serve.py derives from the
     usable CPUs (here a 16-CPU machine, faked: 2 workers of 8 threads)."""
-    import hardware.cpu_share as cpu_share
+    import convserve.hardware.cpu_share as cpu_share
 
     monkeypatch.setattr(cpu_share, "usable_cpus", lambda: 16)
     with TorchServeProcess(settings_for(store, tmp_path / "run", {"digits": "digits.mar"})) as srv:
@@ -315,7 +309,7 @@ def test_archive_runs_without_this_repository(store, jpeg, tmp_path, archive):
     with zipfile.ZipFile(store.parent / archive) as mar:
         names = set(mar.namelist())
         mar.extractall(tmp_path / "model")
-    # the handler's import tree reaches hardware.cpus (usable CPUs for the thread split): it ships too
+    # the handler's import tree reaches convserve.hardware.cpus (usable CPUs for the thread split): it ships too
     assert {"handler.py", "serving/backends.py", "hardware/__init__.py", "hardware/cpus.py"} <= names
     script = f"""
 import sys
@@ -333,7 +327,7 @@ print(h.handle([{{"body": open({str(tmp_path / "cat.jpg")!r}, "rb").read()}}], c
 packages = ("serving", "export", "training", "hardware")
 ours = [m.__file__ for n, m in list(sys.modules.items()) if n.split(".")[0] in packages]
 assert ours and all(f.startswith({str(tmp_path / "model")!r}) for f in ours), ours
-assert "hardware.cpus" in sys.modules
+assert "convserve.hardware.cpus" in sys.modules
 """
     (tmp_path / "cat.jpg").write_bytes(jpeg)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

@@ -16,11 +16,11 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from serving.archive_builder import build_archive
-from serving.loadgen import read_payloads
-from serving.procfs import is_running
-from serving.soak_runs import SoakPlan, run_soak, run_worker_kill
-from serving.torchserve_process import free_port, port_is_free, stop_recorded
+from convserve.hardware.procfs import is_running
+from convserve.loadtest.loadgen import read_payloads
+from convserve.loadtest.soak_runs import SoakPlan, run_soak, run_worker_kill
+from convserve.serving.archive_builder import build_archive
+from convserve.serving.server_lifecycle import free_port, port_is_free, stop_recorded
 from tests.integration.test_serving import export
 
 pytestmark = pytest.mark.slow

@@ -15,8 +15,8 @@ import pytest
 import torch
 import yaml
 
+from convserve.training import trainer
 from tests.conftest import PYTHON, REPO, train_digits
-from training import trainer
 
 pytestmark = pytest.mark.slow
 
@@ -174,9 +174,9 @@ def test_evaluate_refuses_bad_checkpoints(checkpoint, tmp_path, digits_run):
         path = digits_run("mlp", 2) / "checkpoints/best.pt"
         needle = "is a mlp model, not alexnet"
     if checkpoint == "other-arch":
-        cmd = [str(PYTHON), "-c", "from training.checkpoint import load_checkpoint as l; import sys; "
-               "from common.errors import run_cli; run_cli(lambda a: l(sys.argv[1], expected_arch='alexnet') and 0)",
-               str(path)]  # fmt: skip
+        cmd = [str(PYTHON), "-c", "from convserve.models.checkpoint import load_checkpoint as l; import sys; "
+               "from convserve.common.errors import run_cli; "
+               "run_cli(lambda a: l(sys.argv[1], expected_arch='alexnet') and 0)", str(path)]  # fmt: skip
     else:
         cmd = [str(PYTHON), "training/evaluate.py", str(path)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)

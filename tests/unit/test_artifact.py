@@ -8,10 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import ConvserveError
-from common.files import sha256_file
-from common.preprocessing import Preprocessing
-from export.artifact import (
+from convserve.artifact.card import (
     CARD_FILE,
     ModelCard,
     ModelFile,
@@ -24,7 +21,10 @@ from export.artifact import (
     write_card,
     write_index_to_name,
 )
-from export.destination import TEMP_PREFIX, claim_folder
+from convserve.common.errors import ConvserveError
+from convserve.common.files import sha256_file
+from convserve.common.preprocessing import Preprocessing
+from convserve.export.destination import TEMP_PREFIX, claim_folder
 
 
 def make_card(identity: str = "a" * 64, files: list[ModelFile] | None = None) -> ModelCard:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from benchmarking.batching import CANDIDATES, NO_BATCHING, SweepRow, judge, pick
-from benchmarking.results import Batching
-from benchmarking.served import ServedPlan, default_batching
-from benchmarking.suite import BenchmarkOptions, run_settings
-from serving.archive import build_parser
-from serving.archive_settings import ArchiveSettings
+from convserve.benchmarking.batching import CANDIDATES, NO_BATCHING, SweepRow, judge, pick
+from convserve.benchmarking.results import Batching
+from convserve.benchmarking.served import ServedPlan, default_batching
+from convserve.benchmarking.suite import BenchmarkOptions, run_settings
+from convserve.serving.archive import build_parser
+from convserve.serving.archive_settings import ArchiveSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = ArchiveSettings()

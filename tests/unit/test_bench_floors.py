@@ -1,4 +1,4 @@
-"""The benchmark's floors come from rates measured in the run (hardware.rates), never from a constant: the
+"""The benchmark's floors come from rates measured in the run (convserve.hardware.rates), never from a constant: the
 arithmetic on a given MachineRates, the FLOP count, the suite's wiring, and how targets and tables use them.
 Also what the tables say first: whether the model measured had trained weights."""
 
@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-import benchmarking.suite as suite
-from benchmarking.comparisons import floor_multiples, inprocess_targets
-from benchmarking.floors import Floors, compute_floors, forward_flops
-from benchmarking.machine import MachineInfo
-from benchmarking.results import BenchmarkResults, InProcessResult, ModelInfo
-from benchmarking.tables import floors_section, machine_section, render_markdown
-from export.artifact import SourceCard, read_card, write_card
-from hardware.rates import MachineRates
-from serving.latency_stats import LatencyStats
+import convserve.benchmarking.suite as suite
+from convserve.artifact.card import SourceCard, read_card, write_card
+from convserve.benchmarking.comparisons import floor_multiples, inprocess_targets
+from convserve.benchmarking.floors import Floors, compute_floors, forward_flops
+from convserve.benchmarking.results import BenchmarkResults, InProcessResult, ModelInfo
+from convserve.benchmarking.tables import floors_section, machine_section, render_markdown
+from convserve.hardware.machine import MachineInfo
+from convserve.hardware.rates import MachineRates
+from convserve.loadtest.latency_stats import LatencyStats
 from tests.serving_helpers import build_artifact, random_run
 
 ROOT = Path(suite.__file__).resolve().parents[1]

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.errors import ConvserveError
-from common.preprocessing import Preprocessing
-from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from training.models import build_model, model_from_checkpoint
+from convserve.common.errors import ConvserveError
+from convserve.common.preprocessing import Preprocessing
+from convserve.models import build_model, model_from_checkpoint
+from convserve.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
 
 def _ckpt(arch: str = "mlp") -> Checkpoint:

@@ -15,13 +15,13 @@ import torch
 from PIL import Image
 from ts.context import Context, RequestProcessor
 
-from common.errors import ConvserveError, InputError
-from common.preprocessing import Preprocessing, prepare_batch, resize_and_crop
-from export.artifact import read_card, write_card
-from serving.classifier import Classifier
-from serving.handler import ConvserveHandler
+from convserve.artifact.card import read_card, write_card
+from convserve.common.errors import ConvserveError, InputError
+from convserve.common.preprocessing import Preprocessing, prepare_batch, resize_and_crop
+from convserve.serving.classifier import Classifier
+from convserve.serving.handler import ConvserveHandler
+from convserve.training.data.presets import EvalPreset
 from tests.serving_helpers import EagerReference, build_artifact, random_run
-from training.data.presets import EvalPreset
 
 BACKENDS = ("onnx", "torchscript", "eager")
 
@@ -99,7 +99,7 @@ def test_resize_and_crop_is_torchvision_bit_for_bit(photos, mode, shape):
 def test_onnx_serving_path_does_not_import_torchvision(color_artifact, photos):
     """TorchServe workers pay for every import in RSS; the ONNX path needs torch (TorchServe) but not torchvision."""
     code = (
-        "import sys; from serving.classifier import Classifier; "
+        "import sys; from convserve.serving.classifier import Classifier; "
         f"c = Classifier.from_artifact({str(color_artifact)!r}, backend='onnx'); "
         f"c.predict([open({str(photos['chelsea'])!r}, 'rb').read()]); "
         "print('torchvision' in sys.modules)"

@@ -24,7 +24,7 @@ def _installed(name: str) -> Path:
 def _cli_modules() -> dict[str, Path]:
     """The command-line programs: modules ending in ``if __name__ == "__main__": cli()`` (or ``run_cli(main)``).
 
-    A helper run as a child process (``python -m benchmarking.inprocess``) ends otherwise and is no command.
+    A helper run as a child process (``python -m convserve.benchmarking.inprocess``) ends otherwise and is no command.
     """
     found = {}
     for package in PACKAGES:

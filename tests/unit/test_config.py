@@ -4,8 +4,8 @@ from typing import Literal, get_args, get_origin
 
 import pytest
 
-from common.errors import ConvserveError
-from training.config import (
+from convserve.common.errors import ConvserveError
+from convserve.training.config import (
     ARCHS,
     CLI_OVERRIDES,
     DATASETS,
@@ -18,8 +18,8 @@ from training.config import (
     load_config,
     read_yaml,
 )
-from training.engine.precision import PRECISIONS
-from training.train import build_parser
+from convserve.training.engine.precision import PRECISIONS
+from convserve.training.train import build_parser
 
 
 def test_defaults_are_alexnet_on_digits():

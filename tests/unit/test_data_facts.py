@@ -12,6 +12,13 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
+from convserve.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from convserve.training.config import DataConfig
+from convserve.training.data import facts as facts_module
+from convserve.training.data.facts import describe, facts_from_sample, measure_facts, sample_indices
+from convserve.training.data.folders import load_imagefolder
+from convserve.training.data.presets import BatchAffine
+from convserve.training.data.registry import build_datasets, preprocessing_for
 from tests.conftest import PYTHON, REPO
 from tests.fixture_datasets import (
     mnist_like_digits,
@@ -20,13 +27,6 @@ from tests.fixture_datasets import (
     write_digit_folder,
     write_imagefolder,
 )
-from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from training.config import DataConfig
-from training.data import facts as facts_module
-from training.data.facts import describe, facts_from_sample, measure_facts, sample_indices
-from training.data.folders import load_imagefolder
-from training.data.presets import BatchAffine
-from training.data.registry import build_datasets, preprocessing_for
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.errors import InputError
-from common.images import decode_image
-from serving.payload import image_bytes
+from convserve.common.errors import InputError
+from convserve.common.images import decode_image
+from convserve.serving.payload import image_bytes
 
 
 @pytest.fixture(scope="module")

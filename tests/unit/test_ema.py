@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from training.engine.ema import WeightAverage
+from convserve.training.engine.ema import WeightAverage
 
 
 def small_model() -> nn.Module:

@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from common.errors import ConvserveError
-from common.preprocessing import Preprocessing
-from export.check_images import image_file_tensor, sample_photos
-from export.parity import FP16, FP32, INT8, compare
-from training.data.presets import EvalPreset
+from convserve.common.errors import ConvserveError
+from convserve.common.preprocessing import Preprocessing
+from convserve.export.check_images import image_file_tensor, sample_photos
+from convserve.export.parity import FP16, FP32, INT8, compare
+from convserve.training.data.presets import EvalPreset
 
 GRAY = Preprocessing(input_size=32, resize_size=36, mean=[0.3] * 3, std=[0.4] * 3, channels=1)
 RGB = Preprocessing(input_size=24, resize_size=28, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], channels=3)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as nn_functional
 
-from common.preprocessing import Preprocessing
+from convserve.common.preprocessing import Preprocessing
 
 REPO = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("gpu_check_device_input", REPO / "scripts/gpu_check/device_input.py")

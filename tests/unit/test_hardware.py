@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from hardware import cpus
-from hardware.cpu_features import cpu_flags, cpu_model, cpu_native_bf16, notable_flags, onednn_isa_cap
-from hardware.rates import matmul_gflops, measure_machine, read_gbs
+from convserve.hardware import cpus
+from convserve.hardware.cpu_features import cpu_flags, cpu_model, cpu_native_bf16, notable_flags, onednn_isa_cap
+from convserve.hardware.rates import matmul_gflops, measure_machine, read_gbs
 
 
 def fake_root(tmp_path: Path, proc_cgroup: str, files: dict[str, str]) -> Path:

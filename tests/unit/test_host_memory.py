@@ -17,7 +17,7 @@ ROOT = Path(__file__).parents[2]
 SCRIPT = """
 import resource, sys
 import torch
-from common.host_memory import retain_freed_memory
+from convserve.common.host_memory import retain_freed_memory
 if sys.argv[1] == "retain":
     assert retain_freed_memory()
 model = torch.nn.Sequential(torch.nn.Linear(4096, 4096), torch.nn.ReLU(), torch.nn.Linear(4096, 10))

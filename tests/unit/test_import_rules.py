@@ -56,7 +56,9 @@ def test_every_package_imports_only_the_stages_before_it():
 
 def test_the_rules_see_a_violation(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text("def f():\n    from serving.classifier import Classifier\n    import export.artifact\n")
+    bad.write_text(
+        "def f():\n    from convserve.serving.classifier import Classifier\n    import convserve.artifact.card\n"
+    )
     assert imported_packages(bad) == {"serving", "export"}
 
 
@@ -68,7 +70,7 @@ def test_the_onnx_and_torchscript_serving_paths_import_no_training_module(tmp_pa
     code = (
         "import io, sys\n"
         "from PIL import Image\n"
-        "from serving.classifier import Classifier\n"
+        "from convserve.serving.classifier import Classifier\n"
         f"clf = Classifier.from_artifact({str(folder)!r}, backend={backend!r})\n"
         "buf = io.BytesIO(); Image.new('RGB', (40, 30), (200, 10, 10)).save(buf, 'PNG')\n"
         "assert len(clf.predict([buf.getvalue()])[0]) == 5\n"

@@ -20,7 +20,12 @@ import pytest
 import torch
 from PIL import Image
 
-from common.errors import ConvserveError
+from convserve.common.errors import ConvserveError
+from convserve.training.config import DataConfig
+from convserve.training.data import build_datasets
+from convserve.training.data.folders import load_caltech101, load_imagefolder, load_tiny_imagenet
+from convserve.training.data.image_files import decode_rgb
+from convserve.training.data.torchvision_sets import load_cifar10, load_mnist
 from tests.conftest import PYTHON, REPO
 from tests.fixture_datasets import (
     CIFAR_NAMES,
@@ -32,11 +37,6 @@ from tests.fixture_datasets import (
     write_mnist,
     write_tiny_imagenet,
 )
-from training.config import DataConfig
-from training.data import build_datasets
-from training.data.folders import load_caltech101, load_imagefolder, load_tiny_imagenet
-from training.data.image_files import decode_rgb
-from training.data.torchvision_sets import load_cifar10, load_mnist
 
 MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 # A proxy on a closed local port: urllib's download fails at once, with or without internet.

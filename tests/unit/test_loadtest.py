@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from common.errors import ConvserveError
-from serving.loadgen import BATCH_HEADER, LoadPlan, Payload, read_payloads, run_load_sync
-from serving.loadtest import main as loadtest_main
+from convserve.common.errors import ConvserveError
+from convserve.loadtest.loadgen import BATCH_HEADER, LoadPlan, Payload, read_payloads, run_load_sync
+from convserve.loadtest.loadtest import main as loadtest_main
 from tests.serving_helpers import free_port
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -158,7 +158,7 @@ def test_cli_writes_json_and_refuses_to_overwrite(server, images, tmp_path, caps
 
 
 def test_batch_header_matches_the_handler():
-    from serving.handler import BATCH_HEADER as HANDLER_HEADER
+    from convserve.serving.handler import BATCH_HEADER as HANDLER_HEADER
 
     assert BATCH_HEADER == HANDLER_HEADER
 

@@ -14,13 +14,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from common.errors import ConvserveError, run_cli
-from serving.capacity import find_capacity
-from serving.loadgen import BATCH_HEADER, LoadPlan, read_payloads, run_load_sync
-from serving.loadtest import main as loadtest_main
-from serving.open_loop import OpenLoopPlan, arrival_offsets, run_open_loop_sync, schedule
-from serving.recorded_server import RecordedServer
-from serving.server_metrics import ServerCounters, default_metrics_url, model_from_url, recorded_metrics_url, split
+from convserve.common.errors import ConvserveError, run_cli
+from convserve.loadtest.capacity import find_capacity
+from convserve.loadtest.loadgen import BATCH_HEADER, LoadPlan, read_payloads, run_load_sync
+from convserve.loadtest.loadtest import main as loadtest_main
+from convserve.loadtest.open_loop import OpenLoopPlan, arrival_offsets, run_open_loop_sync, schedule
+from convserve.loadtest.recorded_server import RecordedServer
+from convserve.loadtest.server_metrics import (
+    ServerCounters,
+    default_metrics_url,
+    model_from_url,
+    recorded_metrics_url,
+    split,
+)
 from tests.serving_helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]

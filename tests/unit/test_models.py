@@ -7,8 +7,8 @@ import torch
 import torchvision
 from torch import nn
 
-from common.errors import ConvserveError
-from training.models import build_model, resolve_input_size
+from convserve.common.errors import ConvserveError
+from convserve.models import build_model, resolve_input_size
 
 
 @pytest.mark.parametrize("size", [63, 64, 224])

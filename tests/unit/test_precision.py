@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.config import build_config
-from training.engine import precision as precision_module
-from training.engine.precision import choose_precision, resolve_precision
+from convserve.training.config import build_config
+from convserve.training.engine import precision as precision_module
+from convserve.training.engine.precision import choose_precision, resolve_precision
 
 CASES = [
     # requested, device, native bf16 -> precision, warns
@@ -70,7 +70,7 @@ def test_config_default_is_auto_and_old_amp_keys_still_read():
 
 @pytest.mark.parametrize("tree", [{"run": {"amp": "sometimes"}}, {"run": {"amp": True, "precision": "fp32"}}])
 def test_bad_amp_values_are_one_line_errors(tree):
-    from common.errors import ConvserveError
+    from convserve.common.errors import ConvserveError
 
     with pytest.raises(ConvserveError, match="run") as err:
         build_config(tree)
@@ -78,7 +78,7 @@ def test_bad_amp_values_are_one_line_errors(tree):
 
 
 def test_profile_groups_name_the_kind_of_work():
-    from training.engine.step_profile import group_of
+    from convserve.training.engine.step_profile import group_of
 
     assert group_of("aten::addmm") == "matmul" and group_of("aten::mkldnn_convolution") == "convolution"
     assert group_of("aten::_fused_adamw_") == "optimizer" and group_of("aten::grid_sampler_2d") == "input pipeline"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from common.preprocessing import Preprocessing
-from training.data.presets import BatchAffine, BatchCollate, TrainPreset
+from convserve.common.preprocessing import Preprocessing
+from convserve.training.data.presets import BatchAffine, BatchCollate, TrainPreset
 
 PRE = Preprocessing(input_size=16, resize_size=16, mean=[0.3] * 3, std=[0.4] * 3, channels=1)
 BLACK = (0.0 - 0.3) / 0.4

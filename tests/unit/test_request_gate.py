@@ -9,7 +9,7 @@ import json
 import httpx
 import pytest
 
-from serving.request_gate import RequestGate, bearer_matches
+from convserve.serving.request_gate import RequestGate, bearer_matches
 
 TOKEN = "0123456789abcdef-token"
 LIMIT = 1000

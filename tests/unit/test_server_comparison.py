@@ -8,8 +8,8 @@ import struct
 
 import pytest
 
-from benchmarking.server_comparison import ComparisonPlan, v2_payloads
-from serving.v2_protocol import BINARY_HEADER, INPUT, binary_request
+from convserve.benchmarking.server_comparison import ComparisonPlan, v2_payloads
+from convserve.serving.v2_protocol import BINARY_HEADER, INPUT, binary_request
 
 
 def test_v2_bodies_of_different_images_share_one_header_and_parse(tmp_path):

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import ConvserveError
-from serving.procfs import group_members, is_running
-from serving.recorded_server import RecordedServer, busy_ports, leftovers
-from serving.soak_runs import window_lengths
-from serving.torchserve_process import stop_group, stop_recorded
+from convserve.common.errors import ConvserveError
+from convserve.hardware.procfs import group_members, is_running
+from convserve.loadtest.recorded_server import RecordedServer, busy_ports, leftovers
+from convserve.loadtest.soak_runs import window_lengths
+from convserve.serving.server_lifecycle import stop_group, stop_recorded
 
 ROOT = Path(__file__).resolve().parents[2]
 

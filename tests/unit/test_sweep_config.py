@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from common.errors import ConvserveError
-from training.analysis.sweep_config import load_sweep, resolve_key
-from training.config import build_config
+from convserve.common.errors import ConvserveError
+from convserve.training.analysis.sweep_config import load_sweep, resolve_key
+from convserve.training.config import build_config
 
 SHIPPED = sorted((Path(__file__).resolve().parents[2] / "training" / "configs" / "sweeps").glob("*.yaml"))
 
@@ -128,11 +128,11 @@ def test_points_spread_over_gpu_slots_one_at_a_time_each(tmp_path, monkeypatch):
 
     Real multi-GPU runs cannot happen on this machine; everything but train.py itself is the real runner.
     """
-    from training.analysis import sweep_runner
+    from convserve.training.analysis import sweep_runner
 
     fake = tmp_path / "fake_train.py"
     fake.write_text(FAKE_TRAINER)
-    monkeypatch.setattr(sweep_runner, "TRAIN_SCRIPT", fake)
+    monkeypatch.setattr(sweep_runner, "TRAIN_ARGS", (str(fake),))
     sweep = load_sweep(write(tmp_path, {"base": {"model": {"arch": "mlp"}}, "grid": {"run.seed": [1, 2, 3, 4, 5]}}))
     out = tmp_path / "sweep"
     outcomes = sweep_runner.run_points(sweep, out, slots=["0", "1"], echo=lambda _: None)
@@ -148,7 +148,7 @@ def test_points_spread_over_gpu_slots_one_at_a_time_each(tmp_path, monkeypatch):
 
 
 def test_a_sweep_folder_refuses_a_point_with_changed_settings(tmp_path):
-    from training.analysis.sweep_runner import _write_point_config
+    from convserve.training.analysis.sweep_runner import _write_point_config
 
     point = load_sweep(write(tmp_path, {"grid": {"lr": [0.1]}})).points[0]
     _write_point_config(tmp_path / "sweep", point)

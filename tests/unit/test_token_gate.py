@@ -235,7 +235,7 @@ def test_every_client_reads_a_413_json_for_a_body_over_the_limit(gate_url, clien
 
 def test_the_gate_refuses_at_the_limit_torchserve_has():
     """The gate must answer first: its default limit is serve.py's, and the pod sets neither differently."""
-    from serving.torchserve_process import ServerSettings
+    from convserve.serving.torchserve_process import ServerSettings
 
     gate_default = inspect.signature(token_gate.make_app).parameters["max_body_mb"].default
     assert gate_default == ServerSettings(model_store=Path(".")).max_request_mb

@@ -9,13 +9,13 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from common.devices import choose_device
-from common.errors import ConvserveError
-from training.checkpoint import Checkpoint, load_checkpoint
-from training.config import DataConfig
-from training.data.registry import build_eval_split, data_config_for
-from training.engine.evaluation import EvalResult, evaluate
-from training.models import model_from_checkpoint
+from convserve.common.devices import choose_device
+from convserve.common.errors import ConvserveError
+from convserve.models import model_from_checkpoint
+from convserve.models.checkpoint import Checkpoint, load_checkpoint
+from convserve.training.config import DataConfig
+from convserve.training.data.registry import build_eval_split, data_config_for
+from convserve.training.engine.evaluation import EvalResult, evaluate
 
 
 @dataclass

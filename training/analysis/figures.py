@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from common.files import atomic_path
+from convserve.common.files import atomic_path
 
 DPI = 100
 

@@ -21,11 +21,11 @@ from matplotlib import colormaps
 from PIL import Image
 from torch import nn
 
-from common.errors import ConvserveError
-from common.images import decode_file
-from training.checkpoint import Checkpoint, load_checkpoint
-from training.data.presets import EvalPreset
-from training.models import model_from_checkpoint
+from convserve.common.errors import ConvserveError
+from convserve.common.images import decode_file
+from convserve.models import model_from_checkpoint
+from convserve.models.checkpoint import Checkpoint, load_checkpoint
+from convserve.training.data.presets import EvalPreset
 
 PAD = 2
 MAX_COLUMNS = 8

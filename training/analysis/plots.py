@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from common.errors import ConvserveError
-from training.analysis.figures import Figure, new_figure, save_png
-from training.records import read_metrics
+from convserve.common.errors import ConvserveError
+from convserve.training.analysis.figures import Figure, new_figure, save_png
+from convserve.training.records import read_metrics
 
 PLOTS_DIR = "plots"
 CURVES = ("loss", "acc1", "acc5")

@@ -8,10 +8,10 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from common.errors import ConvserveError
-from common.files import write_text_atomic
-from training.analysis.figures import png_bytes
-from training.analysis.plots import PLOTS_DIR, read_history, read_summary, run_figures
+from convserve.common.errors import ConvserveError
+from convserve.common.files import write_text_atomic
+from convserve.training.analysis.figures import png_bytes
+from convserve.training.analysis.plots import PLOTS_DIR, read_history, read_summary, run_figures
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }

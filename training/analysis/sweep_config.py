@@ -21,8 +21,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from common.errors import ConvserveError
-from training.config import CLI_OVERRIDES, TrainConfig, build_config, read_yaml
+from convserve.common.errors import ConvserveError
+from convserve.training.config import CLI_OVERRIDES, TrainConfig, build_config, read_yaml
 
 SET_BY_SWEEP = ("run.output_dir", "run.name")
 # Point names use the key's last part, except where that part says nothing alone ("name").

@@ -11,11 +11,11 @@ from typing import Any
 
 from matplotlib.ticker import MaxNLocator
 
-from common.files import write_json_atomic, write_text_atomic
-from training.analysis.figures import Figure, new_figure, save_png
-from training.analysis.sweep_config import Sweep
-from training.analysis.sweep_runner import PointOutcome
-from training.records import read_metrics
+from convserve.common.files import write_json_atomic, write_text_atomic
+from convserve.training.analysis.figures import Figure, new_figure, save_png
+from convserve.training.analysis.sweep_config import Sweep
+from convserve.training.analysis.sweep_runner import PointOutcome
+from convserve.training.records import read_metrics
 
 METRIC_COLUMNS = [
     "final_val_acc1",

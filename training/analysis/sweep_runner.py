@@ -26,12 +26,11 @@ from pathlib import Path
 
 import yaml
 
-import training
-from common.errors import ConvserveError
-from training.analysis.sweep_config import Sweep, SweepPoint
-from training.records import holds_run
+from convserve.common.errors import ConvserveError
+from convserve.training.analysis.sweep_config import Sweep, SweepPoint
+from convserve.training.records import holds_run
 
-TRAIN_SCRIPT = Path(training.__file__).resolve().parent / "train.py"
+TRAIN_ARGS = ("-m", "convserve.training.train")  # what follows the interpreter: installed or a checkout alike
 
 
 @dataclass
@@ -95,7 +94,7 @@ def plan_action(root: Path, point: SweepPoint) -> str:
 
 
 def _command(root: Path, point: SweepPoint, config: Path, resume: bool) -> list[str]:
-    cmd = [sys.executable, str(TRAIN_SCRIPT), "--config", str(config), "--output-dir", str(root / point.name)]
+    cmd = [sys.executable, *TRAIN_ARGS, "--config", str(config), "--output-dir", str(root / point.name)]
     return [*cmd, "--resume"] if resume else cmd
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from training.analysis.sweep_config import load_sweep
-from training.analysis.sweep_results import write_results
-from training.analysis.sweep_runner import PointOutcome, run_points, say
+from convserve.training.analysis.sweep_config import load_sweep
+from convserve.training.analysis.sweep_results import write_results
+from convserve.training.analysis.sweep_runner import PointOutcome, run_points, say
 
 
 def default_sweep_dir(name: str) -> Path:

@@ -1,6 +1,6 @@
 """Datasets: one registry, per-dataset facts in one place, transforms presets as classes."""
 
-from training.data.facts import FACTS, DatasetFacts
-from training.data.registry import DataBundle, build_datasets
+from convserve.training.data.facts import FACTS, DatasetFacts
+from convserve.training.data.registry import DataBundle, build_datasets
 
 __all__ = ["FACTS", "DataBundle", "DatasetFacts", "build_datasets"]

@@ -7,7 +7,7 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from training.data.splits import TensorImages
+from convserve.training.data.splits import TensorImages
 
 DIGIT_NAMES = [str(d) for d in range(10)]
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch.utils.data import Dataset
 
-from training.data.image_files import center_square, decode_rgb_view
+from convserve.training.data.image_files import center_square, decode_rgb_view
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from common.errors import ConvserveError
-from training.data.image_files import ImageFiles, class_folders, list_images
-from training.data.splits import RawSplits, stratified_split
+from convserve.common.errors import ConvserveError
+from convserve.training.data.image_files import ImageFiles, class_folders, list_images
+from convserve.training.data.splits import RawSplits, stratified_split
 
 CALTECH_FOLDER = "101_ObjectCategories"
 CALTECH_BACKGROUND = "BACKGROUND_Google"

@@ -22,9 +22,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from common.errors import ConvserveError, InputError, first_line
-from common.files import read_image_bytes
-from common.images import decode_array, decode_file
+from convserve.common.errors import ConvserveError, InputError, first_line
+from convserve.common.files import read_image_bytes
+from convserve.common.images import decode_array, decode_file
 
 # the formats serving accepts (common/images.py), so a model never trains on what it could not be sent
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})

@@ -9,7 +9,7 @@ from torch.nn import functional as nn_functional
 from torch.utils.data import default_collate
 from torchvision.transforms import v2
 
-from common.preprocessing import Preprocessing, prepare_image
+from convserve.common.preprocessing import Preprocessing, prepare_image
 
 CROP_RATIO = 0.875  # eval resize = crop / 0.875, as in torchvision's ImageNet references
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Subset
 
-from common.errors import ConvserveError, first_line
-from common.preprocessing import Preprocessing
-from training.config import DataConfig
-from training.data.facts import FACTS, MEASURED, DatasetFacts, describe, measure_facts
-from training.data.presets import EvalPreset, TrainPreset, eval_resize_size
-from training.data.splits import RawSplits, Transformed, limit_per_class
-from training.models import resolve_input_size
+from convserve.common.errors import ConvserveError, first_line
+from convserve.common.preprocessing import Preprocessing
+from convserve.models import resolve_input_size
+from convserve.training.config import DataConfig
+from convserve.training.data.facts import FACTS, MEASURED, DatasetFacts, describe, measure_facts
+from convserve.training.data.presets import EvalPreset, TrainPreset, eval_resize_size
+from convserve.training.data.splits import RawSplits, Transformed, limit_per_class
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def default_data_dir(name: str) -> Path:
 
 def load_raw(cfg: DataConfig, seed: int) -> RawSplits:
     """Dispatch to the loader of ``cfg.name``; every loader reads real on-disk formats."""
-    from training.data import digits, folders, torchvision_sets
+    from convserve.training.data import digits, folders, torchvision_sets
 
     root = Path(cfg.data_dir) if cfg.data_dir else default_data_dir(cfg.name)
     if cfg.name == "digits":

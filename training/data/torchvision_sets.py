@@ -32,8 +32,8 @@ import torch
 from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
 from torchvision.datasets.utils import download_and_extract_archive
 
-from common.errors import ConvserveError
-from training.data.splits import RawSplits, TensorImages, stratified_split
+from convserve.common.errors import ConvserveError
+from convserve.training.data.splits import RawSplits, TensorImages, stratified_split
 
 VAL_FRACTION = 0.1
 DOWNLOAD_TIMEOUT_S = 60  # per socket operation: a dead network fails instead of hanging the run

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from training.engine.distributed import DistInfo, all_reduce_sum
-from training.engine.meters import AverageMeter, ProgressMeter, accuracy, correct_counts
-from training.engine.progress import Progress
+from convserve.training.engine.distributed import DistInfo, all_reduce_sum
+from convserve.training.engine.meters import AverageMeter, ProgressMeter, accuracy, correct_counts
+from convserve.training.engine.progress import Progress
 
 
 @dataclass

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from hardware.cpu_features import cpu_native_bf16
-from hardware.rates import DTYPES
+from convserve.hardware.cpu_features import cpu_native_bf16
+from convserve.hardware.rates import DTYPES
 
 PRECISIONS = ("auto", "amp", "fp32", "bf16", "fp16")
 

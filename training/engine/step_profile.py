@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from training.engine.train_loop import train_one_epoch
+from convserve.training.engine.train_loop import train_one_epoch
 
 GROUPS = {
     "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear"),

@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from hardware.cpu_features import cpu_model
-from hardware.flops import flops_per_image
-from hardware.rates import measure_machine, native_precisions
+from convserve.hardware.cpu_features import cpu_model
+from convserve.hardware.flops import flops_per_image
+from convserve.hardware.rates import measure_machine, native_precisions
 
 
 def training_rate(

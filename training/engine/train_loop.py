@@ -10,10 +10,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from training.engine.distributed import DistInfo, all_reduce_sum
-from training.engine.ema import WeightAverage
-from training.engine.meters import AverageMeter, ProgressMeter, correct_counts
-from training.engine.progress import Progress
+from convserve.training.engine.distributed import DistInfo, all_reduce_sum
+from convserve.training.engine.ema import WeightAverage
+from convserve.training.engine.meters import AverageMeter, ProgressMeter, correct_counts
+from convserve.training.engine.progress import Progress
 
 
 @dataclass

@@ -21,8 +21,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from common.errors import ConvserveError
-from serving.open_loop import OpenLoopPlan, OpenLoopResult, run_open_loop_sync
+from convserve.common.errors import ConvserveError
+from convserve.loadtest.open_loop import OpenLoopPlan, OpenLoopResult, run_open_loop_sync
 
 StopReason = Literal["converged", "max_rate", "max_steps", "max_duration", "client", "nothing_passed"]
 

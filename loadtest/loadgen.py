@@ -24,9 +24,9 @@ from urllib.parse import urlsplit
 import aiohttp
 from pydantic import BaseModel, ConfigDict
 
-from common.errors import ConvserveError
-from common.files import read_image_bytes
-from serving.latency_stats import LatencyStats
+from convserve.common.errors import ConvserveError
+from convserve.common.files import read_image_bytes
+from convserve.loadtest.latency_stats import LatencyStats
 
 # serving/handler.py sets it on every answer (tests check the two names agree; importing the handler here would
 # pull torch into a load-test client)

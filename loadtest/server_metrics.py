@@ -24,10 +24,10 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict
 
-from common.errors import ConvserveError
+from convserve.common.errors import ConvserveError
 
 if TYPE_CHECKING:  # the load generator reads pages, not /proc: it need not import the process helpers
-    from serving.recorded_server import RecordedServer
+    from convserve.loadtest.recorded_server import RecordedServer
 
 DEFAULT_METRICS_PORT = 8082
 REQUESTS = "ts_inference_requests"  # family names as the parser gives them (the "_total" suffix goes)

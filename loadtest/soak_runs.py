@@ -21,11 +21,11 @@ from pathlib import Path
 
 import aiohttp
 
-from common.errors import ConvserveError
-from serving.loadgen import CONNECTION_ERRORS, LoadPlan, Payload, check_url, run_load, run_load_sync
-from serving.open_loop import OpenLoopPlan, run_open_loop_sync
-from serving.recorded_server import RecordedServer, busy_ports, leftovers
-from serving.soak_results import (
+from convserve.common.errors import ConvserveError
+from convserve.loadtest.loadgen import CONNECTION_ERRORS, LoadPlan, Payload, check_url, run_load, run_load_sync
+from convserve.loadtest.open_loop import OpenLoopPlan, run_open_loop_sync
+from convserve.loadtest.recorded_server import RecordedServer, busy_ports, leftovers
+from convserve.loadtest.soak_results import (
     RECOVERY_LIMIT_S,
     SOAK_MAX_ERRORS,
     SOAK_MAX_P99_DRIFT,
@@ -40,7 +40,7 @@ from serving.soak_results import (
     load_now,
     machine_now,
 )
-from serving.torchserve_process import stop_recorded
+from convserve.serving.server_lifecycle import stop_recorded
 
 FAULTS = ("worker-kill", "graceful-stop")
 

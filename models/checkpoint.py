@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from common.errors import ConvserveError, first_line, validation_message
-from common.files import atomic_file, atomic_path
-from common.preprocessing import Preprocessing
-from common.versions import library_versions
+from convserve.common.errors import ConvserveError, first_line, validation_message
+from convserve.common.files import atomic_file, atomic_path
+from convserve.common.preprocessing import Preprocessing
+from convserve.common.versions import library_versions
 
 CHECKPOINT_FORMAT = "convserve.checkpoint/v1"
 

@@ -21,12 +21,12 @@ import json
 import os
 from pathlib import Path
 
-from common.errors import CliParser, ConvserveError, run_cli
-from common.files import write_text_atomic
-from serving.loadgen import read_payloads
-from serving.recorded_server import RecordedServer
-from serving.soak_results import graceful_stop_lines, soak_lines, worker_kill_lines
-from serving.soak_runs import FAULTS, SoakPlan, run_graceful_stop, run_soak, run_worker_kill
+from convserve.common.errors import CliParser, ConvserveError, run_cli
+from convserve.common.files import write_text_atomic
+from convserve.loadtest.loadgen import read_payloads
+from convserve.loadtest.recorded_server import RecordedServer
+from convserve.loadtest.soak_results import graceful_stop_lines, soak_lines, worker_kill_lines
+from convserve.loadtest.soak_runs import FAULTS, SoakPlan, run_graceful_stop, run_soak, run_worker_kill
 
 
 def build_parser() -> CliParser:

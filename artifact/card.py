@@ -17,9 +17,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from common.errors import ConvserveError, validation_message
-from common.files import sha256_file, write_text_atomic
-from common.preprocessing import Preprocessing
+from convserve.common.errors import ConvserveError, validation_message
+from convserve.common.files import sha256_file, write_text_atomic
+from convserve.common.preprocessing import Preprocessing
 
 CARD_SCHEMA = "convserve.model_card/v1"
 CARD_FILE = "model_card.json"

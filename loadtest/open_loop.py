@@ -32,11 +32,11 @@ from urllib.parse import urlsplit
 import aiohttp
 from pydantic import BaseModel, ConfigDict
 
-from common.errors import ConvserveError, first_line
-from hardware.cpus import usable_cpus
-from serving.latency_stats import LatencyStats
-from serving.loadgen import BATCH_HEADER, Payload, check_url
-from serving.server_metrics import ServerCounters, ServerSplit, model_from_url, scrape, split
+from convserve.common.errors import ConvserveError, first_line
+from convserve.hardware.cpus import usable_cpus
+from convserve.loadtest.latency_stats import LatencyStats
+from convserve.loadtest.loadgen import BATCH_HEADER, Payload, check_url
+from convserve.loadtest.server_metrics import ServerCounters, ServerSplit, model_from_url, scrape, split
 
 Arrivals = Literal["constant", "poisson"]
 NO_ANSWER = "0"  # the status of a request that could not be sent or got no answer

@@ -12,9 +12,9 @@ import torchvision
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from common.errors import ConvserveError, first_line
-from training.models.activations import swap_activations
-from training.models.mlp import MLP
+from convserve.common.errors import ConvserveError, first_line
+from convserve.models.activations import swap_activations
+from convserve.models.mlp import MLP
 
 # AlexNet's features shrink a 62 px image to nothing (the third max-pool sees a 2x2 map).
 ARCH_MIN_INPUT = {"alexnet": 63, "resnet18": 16, "resnet34": 16, "mlp": 8}

@@ -10,12 +10,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from common.errors import ConvserveError
-from common.files import atomic_path, write_text_atomic
-from hardware.cpu_features import cpu_model
-from hardware.cpus import usable_cpus
-from serving.capacity import CapacityResult, CapacityStep
-from serving.open_loop import OpenLoopResult
+from convserve.common.errors import ConvserveError
+from convserve.common.files import atomic_path, write_text_atomic
+from convserve.hardware.cpu_features import cpu_model
+from convserve.hardware.cpus import usable_cpus
+from convserve.loadtest.capacity import CapacityResult, CapacityStep
+from convserve.loadtest.open_loop import OpenLoopResult
 
 RESULT_FILES = ("results.json", "results.csv", "latency.png")
 CSV_FIELDS = [
@@ -149,7 +149,7 @@ def write_results(
         write_text_atomic(folder / "results.csv", _csv_text(rows)),
     ]
     if plot and rows:
-        from serving.latency_plot import plot_latency
+        from convserve.loadtest.latency_plot import plot_latency
 
         with atomic_path(folder / "latency.png") as tmp:
             plot_latency(rows, tmp, runs[0].url, capacity)

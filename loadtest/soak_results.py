@@ -13,8 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from hardware.cpu_features import NOTABLE_FLAGS, cpu_model, notable_flags
-from hardware.cpus import usable_cpus
+from convserve.hardware.cpu_features import NOTABLE_FLAGS, cpu_model, notable_flags
+from convserve.hardware.cpus import usable_cpus
 
 # our targets
 SOAK_MAX_ERRORS = 0

@@ -1,7 +1,7 @@
 """What the numbers were measured on: CPU, cores, memory, load, library versions, thread settings, GPU.
 
 CPU model and usable CPUs come from ``hardware`` (the one implementation for the whole project); the machine's
-rates (GEMM, read bandwidth) are measured with the floors, in ``benchmarking.floors``.
+rates (GEMM, read bandwidth) are measured with the floors, in ``convserve.benchmarking.floors``.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from common.versions import library_versions
-from hardware.cpu_features import cpu_model, notable_flags
-from hardware.cpus import affinity_cpus, cgroup_cpu_limit, usable_cpus
+from convserve.common.versions import library_versions
+from convserve.hardware.cpu_features import cpu_model, notable_flags
+from convserve.hardware.cpus import affinity_cpus, cgroup_cpu_limit, usable_cpus
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TORCH_NUM_THREADS")
 
@@ -26,11 +26,13 @@ class MachineInfo(BaseModel):
     hostname: str
     platform: str
     cpu_model: str
-    cpu_flags: list[str] | None = None  # hardware.cpu_features.NOTABLE_FLAGS present (runs before it: None)
+    cpu_flags: list[str] | None = None  # convserve.hardware.cpu_features.NOTABLE_FLAGS present (runs before it: None)
     logical_cpus: int
     affinity_cpus: int  # CPUs in this process's affinity mask
     cpu_quota: float | None = None  # CPUs of cgroup quota (docker --cpus, k8s limits.cpu); None: unlimited
-    usable_cpus: int  # affinity and quota, rounded down (hardware.cpus.usable_cpus): default threads follow it
+    usable_cpus: (
+        int  # affinity and quota, rounded down (convserve.hardware.cpus.usable_cpus): default threads follow it
+    )
     ram_gb: float
     load_average: list[float]  # 1, 5, 15 min, when the run started
     load_average_end: list[float] | None = None

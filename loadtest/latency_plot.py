@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from common.errors import ConvserveError
-from serving.capacity import CapacityResult
+from convserve.common.errors import ConvserveError
+from convserve.loadtest.capacity import CapacityResult
 
 PERCENTILES = (("p50_ms", "p50"), ("p90_ms", "p90"), ("p95_ms", "p95"), ("p99_ms", "p99"), ("max_ms", "max"))
 

@@ -16,9 +16,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from common.errors import ConvserveError, first_line
-from common.host_memory import trim_heap
-from hardware.cpu_share import default_threads
+from convserve.common.errors import ConvserveError, first_line
+from convserve.common.host_memory import trim_heap
+from convserve.hardware.cpu_share import default_threads
 
 
 class Backend(Protocol):

@@ -29,14 +29,14 @@ import math
 import os
 from pathlib import Path
 
-from common.errors import CliParser, ConvserveError, run_cli
-from common.files import write_text_atomic
-from serving.capacity import find_capacity
-from serving.load_report import capacity_lines, check_output_dir, open_loop_lines, table_lines, write_results
-from serving.loadgen import LoadPlan, read_payloads, run_load_sync, summary_lines
-from serving.open_loop import OpenLoopPlan, run_open_loop_sync
-from serving.recorded_server import RecordedServer
-from serving.server_metrics import default_metrics_url, recorded_metrics_url
+from convserve.common.errors import CliParser, ConvserveError, run_cli
+from convserve.common.files import write_text_atomic
+from convserve.loadtest.capacity import find_capacity
+from convserve.loadtest.load_report import capacity_lines, check_output_dir, open_loop_lines, table_lines, write_results
+from convserve.loadtest.loadgen import LoadPlan, read_payloads, run_load_sync, summary_lines
+from convserve.loadtest.open_loop import OpenLoopPlan, run_open_loop_sync
+from convserve.loadtest.recorded_server import RecordedServer
+from convserve.loadtest.server_metrics import default_metrics_url, recorded_metrics_url
 
 # flags that only an open-loop run or a capacity search reads
 OPEN_LOOP_ONLY = ("arrivals", "max_in_flight", "late_ms", "metrics_url", "output_dir", "seed")

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from common.errors import ConvserveError
-from serving.procfs import group_members, is_running, process_memory, torchserve_processes
-from serving.torchserve_process import port_is_free
+from convserve.common.errors import ConvserveError
+from convserve.hardware.procfs import group_members, is_running, process_memory, torchserve_processes
+from convserve.serving.server_lifecycle import port_is_free
 
 ADDRESS_KEYS = ("inference_address", "management_address", "metrics_address")
 
