@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Literal
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from convserve.common.errors import ConvserveError, validation_message
 from convserve.common.files import sha256_file, write_text_atomic
@@ -55,8 +55,17 @@ class ParityReport(_Card):
     sources: dict[str, int] = {}  # where the images came from: {"digits test split": 64, "sample photos": 6}
 
 
+def inside_folder(path: str) -> str:
+    """A card's file path, refused unless it names a file inside the artifact folder: artifacts travel between
+    machines, and a card must not make an archive pack, or a server open, a file of the host it lands on."""
+    pure = PurePosixPath(path)
+    if not path or "\\" in path or pure.is_absolute() or PureWindowsPath(path).drive or ".." in pure.parts:
+        raise ValueError(f"file path {path!r} is not inside the artifact folder (relative, no '..', '/' separators)")
+    return path
+
+
 class ModelFile(_Card):
-    path: str  # relative to the artifact folder
+    path: Annotated[str, AfterValidator(inside_folder)]  # relative to the artifact folder
     format: ModelFormat
     sha256: str
     size_bytes: int

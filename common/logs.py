@@ -11,8 +11,6 @@ from __future__ import annotations
 import logging
 import sys
 
-OUR_PACKAGES = ("common", "hardware", "training", "export", "serving", "benchmarking")
-
 
 class _Plain(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -29,5 +27,4 @@ def configure_cli_logging(level: int = logging.INFO, stdout_is_data: bool = Fals
     for handler in (info, warnings):
         handler.setFormatter(_Plain())
     logging.basicConfig(level=logging.WARNING, handlers=[info, warnings], force=True)
-    for name in OUR_PACKAGES:
-        logging.getLogger(name).setLevel(level)
+    logging.getLogger("convserve").setLevel(level)  # every module logs under convserve.<room>.<module>

@@ -129,7 +129,8 @@ ensure_build_settings() {
 
 build_images() {
     local name file start
-    # export: the serving image with training/ and its libraries (checkpoint -> ONNX, the load test's digits)
+    # export: the serving image with models/, training/, export/, loadtest/ and their libraries (checkpoint -> ONNX,
+    # the load test and its digits)
     for name in train serve export; do
         file="docker/Dockerfile.$name" with_training=0
         [ "$name" = export ] && file=docker/Dockerfile.serve with_training=1

@@ -3,7 +3,7 @@
 #   pipeline.sh train [TRAIN FLAGS...]   train into $CONVSERVE_RUN unless it already holds a finished run
 #                                        ($CONVSERVE_EPOCHS, when set and not empty, adds --epochs N)
 #   pipeline.sh export                   ONNX artifact + TorchServe archive, unless the archive exists
-#   pipeline.sh loadtest [LOADTEST FLAGS...]  serving/loadtest.py with real digit PNGs and the server's token
+#   pipeline.sh loadtest [LOADTEST FLAGS...]  loadtest/loadtest.py with real digit PNGs and the server's token
 #                                        (read from $CONVSERVE_KEY_FILE, the serve container's run folder)
 #   pipeline.sh serve [SERVE FLAGS...]   the model in the foreground on $CONVSERVE_SERVE_HOST:$CONVSERVE_SERVE_PORT
 #                                        (0.0.0.0:8080), by $CONVSERVE_SERVER: torchserve (default: the archive
@@ -97,7 +97,7 @@ PY
             CONVSERVE_TOKEN=$(python -c 'import json,sys; print(json.load(open(sys.argv[1]))["inference"]["key"])' "$CONVSERVE_KEY_FILE")
             export CONVSERVE_TOKEN
         fi
-        exec python serving/loadtest.py --images "$images"/*.png "$@"
+        exec python loadtest/loadtest.py --images "$images"/*.png "$@"
         ;;
     *)
         echo "usage: pipeline.sh train|export|serve|loadtest [FLAGS...]" >&2

@@ -103,7 +103,7 @@ def _inspect(folder: Path, identity: str, targets: list[str], force: bool) -> Cl
     present = sorted(p.name for p in folder.iterdir())
     if not present:
         return Claim(folder, None)
-    card = _read_card_or_none(folder)
+    card, unreadable = _read_card_or_none(folder)
     if card is not None and source_identity(card) == identity:
         clashes = [name for name in targets if (folder / name).exists()]
         if card.file("eager") is None and (folder / FILE_NAMES["eager"]).exists():
@@ -117,7 +117,7 @@ def _inspect(folder: Path, identity: str, targets: list[str], force: bool) -> Cl
         what = (
             f"an artifact of another model ({card.arch} from {_origin(card)})"
             if card is not None
-            else "not an artifact folder" + ("" if CARD_FILE not in present else " (unreadable model_card.json)")
+            else "not an artifact folder" + (f" ({unreadable})" if unreadable else "")
         )
         shown = ", ".join(present[:4]) + (", ..." if len(present) > 4 else "")
         raise ConvserveError(f"output folder {folder} is not empty ({shown}) and is {what}; use --force to replace it")
@@ -132,10 +132,11 @@ def _origin(card: ModelCard) -> str:
     return card.source.checkpoint or card.source.torchvision_weights or "an unknown source"
 
 
-def _read_card_or_none(folder: Path) -> ModelCard | None:
+def _read_card_or_none(folder: Path) -> tuple[ModelCard | None, str | None]:
+    """The folder's card, or None and why it could not be used (None when there is no card at all)."""
     if not (folder / CARD_FILE).is_file():
-        return None
+        return None, None
     try:
-        return read_card(folder)
-    except ConvserveError:
-        return None
+        return read_card(folder), None
+    except ConvserveError as exc:
+        return None, str(exc)

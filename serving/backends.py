@@ -61,6 +61,8 @@ def pick_model_file(card: ModelCard, backend: str) -> ModelFile:
 def verify_model_file(folder: Path, model_file: ModelFile) -> Path:
     """The file the card describes, byte for byte (a stale or damaged file is refused, not served)."""
     path = Path(folder) / model_file.path
+    if not path.resolve().is_relative_to(Path(folder).resolve()):  # the card's path is checked; a link is not
+        raise ConvserveError(f"model file {path} leads outside the artifact folder {folder}; refused")
     if not path.is_file():
         raise ConvserveError(f"model file {path} listed in the card is missing")
     if path.stat().st_size != model_file.size_bytes:

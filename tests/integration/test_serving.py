@@ -310,7 +310,9 @@ def test_archive_runs_without_this_repository(store, jpeg, tmp_path, archive):
         names = set(mar.namelist())
         mar.extractall(tmp_path / "model")
     # the handler's import tree reaches convserve.hardware.cpus (usable CPUs for the thread split): it ships too
-    assert {"handler.py", "serving/backends.py", "hardware/__init__.py", "hardware/cpus.py"} <= names
+    shipped = {"convserve/__init__.py", "convserve/serving/backends.py", "convserve/hardware/cpus.py"}
+    assert {"handler.py", *shipped} <= names
+    assert ("convserve/models/builders.py" in names) == ("eager" in archive)  # only eager rebuilds the model
     script = f"""
 import sys
 sys.meta_path = [f for f in sys.meta_path if "Editable" not in getattr(f, "__name__", "")]
@@ -324,8 +326,7 @@ h = ConvserveHandler()
 h.initialize(ctx)
 ctx.request_processor = [RequestProcessor({{}})]
 print(h.handle([{{"body": open({str(tmp_path / "cat.jpg")!r}, "rb").read()}}], ctx)[0])
-packages = ("serving", "export", "training", "hardware")
-ours = [m.__file__ for n, m in list(sys.modules.items()) if n.split(".")[0] in packages]
+ours = [m.__file__ for n, m in list(sys.modules.items()) if n.split(".")[0] == "convserve"]
 assert ours and all(f.startswith({str(tmp_path / "model")!r}) for f in ours), ours
 assert "convserve.hardware.cpus" in sys.modules
 """

@@ -97,7 +97,7 @@ def test_graceful_stop_under_load_frees_the_ports_and_leaves_no_process(store, i
     """Through the CLI, as a user runs it: serving/soak.py --fault graceful-stop --output report.json."""
     run_dir = tmp_path / "run"
     url = start_server(store, run_dir)
-    cmd = [sys.executable, "serving/soak.py", "--url", url, "--run-dir", str(run_dir), "--images", *map(str, images)]
+    cmd = [sys.executable, "loadtest/soak.py", "--url", url, "--run-dir", str(run_dir), "--images", *map(str, images)]
     cmd += ["--fault", "graceful-stop", "--minutes", "0.1", "--concurrency", "4", "--timeout", "30"]
     cmd += ["--output", str(tmp_path / "report.json")]
     try:

@@ -49,7 +49,7 @@ def train_steps(bundle) -> list[type]:
 
 def test_digit_pngs_train_as_digits(folders, caplog):
     root, written = folders["digits"]
-    caplog.set_level(logging.INFO, logger="training")
+    caplog.set_level(logging.INFO, logger="convserve.training")
     bundle = build_datasets(DataConfig(name="imagefolder", data_dir=root), "alexnet", seed=0)
     facts, pre = bundle.facts, bundle.preprocessing
     assert (facts.native_size, facts.channels, facts.policy, facts.measured_on) == (28, 1, "digits", 100)

@@ -1,8 +1,9 @@
 """docker/ and docker-compose.yml without a Docker engine: hadolint passes, the images follow the house rules
 (multi-stage, configurable base, non-root, tini, no build tools at run time), everything they COPY exists
-and survives .dockerignore, every import of the code an image holds is met in that image (the small build stages
-run here as the build runs them), the serving image holds nothing of training, and compose wires the pipeline
-with the management port kept inside."""
+and survives .dockerignore, each image holds convserve/ and whole rooms beside it that the namespace finds through
+PYTHONPATH=/app, every import of the code an image holds is met in that image (the small build stages run here as
+the build runs them), the serving image holds nothing of training, exporting or the load client, and compose
+wires the pipeline with the management port kept inside."""
 
 from __future__ import annotations
 
@@ -160,22 +161,36 @@ def test_every_copied_path_exists_and_is_in_the_build_context(image):
             assert dockerignore_allows(src.rstrip("/")), f"COPY {src}: excluded by .dockerignore"
 
 
-REPO_PACKAGES = tuple(
-    p.rstrip("*")
-    for p in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
-)
+SETUPTOOLS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+NAMESPACE = "convserve"
+PACKAGES: list[str] = SETUPTOOLS["packages"]  # dotted names: convserve, convserve.common, convserve.training.data, ...
+PACKAGE_DIRS: dict[str, str] = SETUPTOOLS["package-dir"]  # convserve.common -> common (a folder of this checkout)
+# The rooms: top-level folders mapped into the namespace (convserve.serving -> serving/), by folder.
+ROOMS = {folder: name for name, folder in PACKAGE_DIRS.items() if name != NAMESPACE}
 # The images as built: Dockerfile and build args. serve-with-training is `--build-arg WITH_TRAINING=1`.
 IMAGES = {"train": ("train", {}), "serve": ("serve", {}), "serve-with-training": ("serve", {"WITH_TRAINING": "1"})}
 # What each image can run of docker/pipeline.sh: checked below against what its steps run and import.
 IMAGE_STEPS = {"train": {"train"}, "serve": {"serve"}, "serve-with-training": {"export", "serve", "loadtest"}}
-# Never in the default serving image, not even as another distribution's dependency.
-TRAINING_ONLY = {"torchvision", "tensorboard", "scikit-learn", "scikit-image", "matplotlib"}
+# The folders under /app of each image: convserve/ (the namespace package), the rooms its code imports, docker/.
+SERVE_ROOMS = {"convserve", "common", "hardware", "artifact", "serving"}
+IMAGE_ROOMS = {
+    "train": {"convserve", "common", "hardware", "models", "training"},
+    "serve": SERVE_ROOMS,
+    "serve-with-training": SERVE_ROOMS | {"models", "training", "export", "loadtest"},
+}
+# Never in the default serving image, not even as another distribution's dependency: the trainer's and exporter's
+# libraries, and the load client's (Locust).
+TRAINING_ONLY = {"torchvision", "tensorboard", "scikit-learn", "scikit-image", "matplotlib", "onnxscript", "onnxslim"}
+LOAD_CLIENT_ONLY = {"locust"}
 # Installed in the serving image to run as programs (TorchServe's frontend and workers, the archiver), not imported.
 PROGRAMS = {"torchserve", "torch-model-archiver"}
-# Packages that imports inside functions may find missing, by file: the eager backend's model builders, whose
-# absence serving/backends.py reports as "the eager backend needs the convserve training package"; the load test's
-# latency plot, whose absence serving/latency_plot.py reports (results.json and .csv are written without it).
-OPTIONAL_LAZY = {"serving/backends.py": {"training"}, "serving/latency_plot.py": {"matplotlib"}}
+# Modules that imports inside functions may find missing, by file: the eager backend's model builders, whose
+# absence serving/backends.py reports as "the eager backend needs the convserve training package".
+OPTIONAL_LAZY = {"serving/backends.py": {"convserve.models"}}
+
+
+def optional(rel: str, name: str) -> bool:
+    return any(name == m or name.startswith(f"{m}.") for m in OPTIONAL_LAZY.get(rel, ()))
 
 
 def dist_name(name: str) -> str:
@@ -315,15 +330,30 @@ def imports(tree: ast.AST) -> tuple[set[str], set[str]]:
     return top, lazy
 
 
-def repo_files(name: str) -> list[str]:
-    """The files of this repository that importing ``name`` runs (a/__init__.py, a/b.py, ...); none for attributes."""
+def source_path(name: str) -> Path | None:
+    """Where dotted ``name`` lives in this checkout, as pyproject's package-dir maps it (convserve.training.data
+    -> training/data), without a suffix; None outside the namespace."""
     parts = name.split(".")
-    found = []
-    for depth in range(1, len(parts) + 1):
-        base = ROOT.joinpath(*parts[:depth])
-        candidates = (base.with_suffix(".py"), base / "__init__.py")
-        found += [c.relative_to(ROOT).as_posix() for c in candidates if c.is_file()]
-    return found
+    for depth in range(len(parts), 0, -1):
+        folder = PACKAGE_DIRS.get(".".join(parts[:depth]))
+        if folder is not None:
+            return ROOT.joinpath(folder, *parts[depth:])
+    return None
+
+
+def module_files(name: str) -> list[str]:
+    """The file that is module or package ``name`` (b.py or b/__init__.py), as a path of this checkout."""
+    base = source_path(name)
+    if base is None:
+        return []
+    return [c.relative_to(ROOT).as_posix() for c in (base.with_suffix(".py"), base / "__init__.py") if c.is_file()]
+
+
+def repo_files(name: str) -> list[str]:
+    """The files of this repository that importing ``name`` runs (convserve/__init__.py, serving/__init__.py,
+    serving/b.py, ...); none for attributes."""
+    parts = name.split(".")
+    return [f for depth in range(1, len(parts) + 1) for f in module_files(".".join(parts[:depth]))]
 
 
 PROVIDERS = {module: {dist_name(d) for d in dists} for module, dists in metadata.packages_distributions().items()}
@@ -334,7 +364,10 @@ def unmet(names: set[str], image: Image) -> list[str]:
     out: dict[str, str] = {}
     for name in sorted(names, reverse=True):  # the shortest name that needs a file is the one reported
         top = name.split(".")[0]
-        if top in REPO_PACKAGES:
+        if top == NAMESPACE:
+            parts = name.split(".")
+            if len(parts) > 1 and not module_files(".".join(parts[:2])):
+                out[f"no module {'.'.join(parts[:2])} in this checkout"] = name  # a room or module of convserve/
             out.update({f"{path} not copied": name for path in repo_files(name) if path not in image.files})
         elif top not in sys.stdlib_module_names and not PROVIDERS.get(top, set()) & image.installed:
             out[f"{'/'.join(sorted(PROVIDERS.get(top, {'no distribution'})))} not installed"] = name
@@ -342,7 +375,7 @@ def unmet(names: set[str], image: Image) -> list[str]:
 
 
 def third_party(names: set[str]) -> set[str]:
-    tops = {n.split(".")[0] for n in names} - set(REPO_PACKAGES) - set(sys.stdlib_module_names)
+    tops = {n.split(".")[0] for n in names} - {NAMESPACE} - set(sys.stdlib_module_names)
     return {d for top in tops for d in PROVIDERS.get(top, ())}
 
 
@@ -356,18 +389,92 @@ def test_every_import_of_an_images_code_is_met_in_that_image(key, built):
     problems = []
     for rel in python:
         top, lazy = imports(ast.parse((ROOT / rel).read_text(), filename=rel))
-        lazy = {name for name in lazy if name.split(".")[0] not in OPTIONAL_LAZY.get(rel, set())}
+        lazy = {name for name in lazy if not optional(rel, name)}
         problems += [f"{rel}: {p}" for p in unmet(top | lazy, image)]
     assert not problems, f"the {key} image lacks:\n" + "\n".join(problems)
 
 
+def checkout_files(folder: str) -> set[str]:
+    return {
+        p.relative_to(ROOT).as_posix()
+        for p in (ROOT / folder).rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    }
+
+
+def test_rooms_map_into_the_namespace_as_the_images_find_them():
+    """In an image the rooms are folders beside convserve/ under /app (no install): convserve/__init__.py appends
+    /app to its __path__, so convserve.X is the folder X. That holds only while every room is a top-level folder
+    named as its subpackage, and every package pyproject lists is a folder with an __init__.py."""
+    assert PACKAGE_DIRS[NAMESPACE] == NAMESPACE
+    for folder, name in ROOMS.items():
+        assert name == f"{NAMESPACE}.{folder}" and "/" not in folder, f"{name} -> {folder}/: not found via PYTHONPATH"
+    for name in PACKAGES:
+        assert (source_path(name) / "__init__.py").is_file(), f"{name}: no {source_path(name)}/__init__.py"
+    assert set(ROOMS) >= set().union(*IMAGE_ROOMS.values()) - {NAMESPACE}
+
+
+@pytest.mark.parametrize("key", IMAGES)
+def test_each_image_holds_convserve_and_whole_rooms_on_its_pythonpath(key, built, tmp_path):
+    image = built[key]
+    assert {f.split("/")[0] for f in image.files} == IMAGE_ROOMS[key] | {"docker"}
+    for room in IMAGE_ROOMS[key]:
+        assert not checkout_files(room) - image.files, f"{room}/ copied in part"
+    final = stages(DOCKERFILES[IMAGES[key][0]])[-1]
+    assert ("WORKDIR", "/app") in final
+    assert "PYTHONPATH=/app " in " ".join(args for word, args in final if word == "ENV") + " "
+    # The image's /app here, imported as the image imports it: PYTHONPATH only (-S: no site-packages, so not the
+    # editable install of this checkout). Finding a room imports convserve/__init__.py and nothing else.
+    app = tmp_path / "app"
+    for rel in image.files:
+        (app / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / rel, app / rel)
+    probe = (
+        "import importlib.util, json, sys; "
+        "print(json.dumps({n: getattr(importlib.util.find_spec(n), 'origin', None) for n in sys.argv[1:]}))"
+    )
+    names = [NAMESPACE, *ROOMS.values()]
+    found = subprocess.run(
+        [sys.executable, "-S", "-c", probe, *names],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(app), "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    origins = json.loads(found.stdout)
+    expected = {NAMESPACE: str(app / NAMESPACE / "__init__.py")}
+    expected |= {
+        name: str(app / folder / "__init__.py") if folder in IMAGE_ROOMS[key] else None
+        for folder, name in ROOMS.items()
+    }
+    assert origins == expected
+
+
 def test_the_serving_image_holds_what_serving_runs_and_nothing_of_training(built):
     serve, full = built["serve"], built["serve-with-training"]
-    assert {"serving/handler.py", "serving/serve.py", "serving/archive.py", "export/runtimes.py"} <= serve.files
+    assert {
+        "convserve/__init__.py",
+        "serving/handler.py",
+        "serving/serve.py",
+        "serving/serve_v2.py",
+        "serving/archive.py",
+        "serving/server_lifecycle.py",
+        "serving/config.properties",
+        "artifact/card.py",
+        "artifact/runtimes.py",
+        "hardware/procfs.py",
+    } <= serve.files
     assert {"docker/pipeline.sh", "docker/readiness.py", "docker/token_gate.py"} <= serve.files
-    assert not [f for f in serve.files if f.startswith(("training/", "benchmarking/"))]
-    assert serve.files <= full.files and {"training/models/__init__.py", "export/to_onnx.py"} <= full.files
+    # no load client, exporter, trainer or model builders, nor what the image never runs
+    assert not [
+        f for f in serve.files if f.startswith(("loadtest/", "export/", "training/", "models/", "benchmarking/"))
+    ]
+    assert serve.files <= full.files
+    assert {"models/builders.py", "training/train.py", "export/to_onnx.py", "loadtest/loadtest.py"} <= full.files
     assert not serve.installed & TRAINING_ONLY, "training-only distributions in the serving image"
+    assert not serve.installed & LOAD_CLIENT_ONLY, "the load client's distributions in the serving image"
     assert {"torch", "onnxruntime", "torchserve"} <= serve.installed and "torchvision" in full.installed
     # and nothing it never uses: each distribution it asks for is imported by its code or run as a program
     imported: set[str] = set()
@@ -398,6 +505,11 @@ def step_problems(step: str, image: Image) -> list[str]:
     shell = pipeline_steps()[step]
     scripts = re.findall(r"python ([\w/]+\.py)", shell)
     problems = [f"runs {path}, not in the image" for path in scripts if path not in image.files]
+    for module in re.findall(r"python -m ([\w.]+)", shell):  # python -m convserve.loadtest.loadtest
+        files = repo_files(module) if module.startswith(f"{NAMESPACE}.") else []
+        if not module_files(module):
+            problems.append(f"runs -m {module}, no such module of this checkout")
+        problems += [f"runs -m {module}: {path} not in the image" for path in files if path not in image.files]
     for code in python_code(shell):
         problems += [f"inline python imports {p}" for p in unmet(set().union(*imports(ast.parse(code))), image)]
     return problems
@@ -471,19 +583,28 @@ def test_dockerignore_keeps_local_state_out_of_the_context():
         ".git/HEAD",
         "tests/conftest.py",
         "artifacts/a",
-        "benchmarking/benchmark.py",
+        "convserve.egg-info/PKG-INFO",
     ):
         assert not dockerignore_allows(path), path
     for path in (
+        "convserve/__init__.py",
         "training/train.py",
         "serving/__init__.py",
         "hardware/cpus.py",
         "common/errors.py",
+        "artifact/card.py",
+        "models/builders.py",
+        "loadtest/loadtest.py",
         "pyproject.toml",
         "docker/certs/README.md",
     ):
         assert dockerignore_allows(path), path
+    # exactly the rooms some image holds (benchmarking/ is in none)
+    in_images = set().union(*IMAGE_ROOMS.values())
+    for folder in {NAMESPACE, *ROOMS}:
+        assert dockerignore_allows(f"{folder}/__init__.py") == (folder in in_images), folder
     assert not dockerignore_allows("training/__pycache__/x.pyc")
+    assert not dockerignore_allows("convserve/__pycache__/cli.cpython-311.pyc")
 
 
 def run_requirements(*args: str) -> subprocess.CompletedProcess:
@@ -541,13 +662,26 @@ def test_compose_publishes_inference_only_and_checks_real_readiness():
     assert test[0] == "CMD" and test[-1].endswith("readiness.py")
 
 
+def test_compose_builds_each_image_once_and_runs_only_images_it_builds():
+    services = compose()["services"]
+    built_by = [s["image"].split(":")[0] for s in services.values() if "build" in s]
+    assert len(built_by) == len(set(built_by)), "two services build the same image (different build args)"
+    assert {s["image"].split(":")[0] for s in services.values()} == set(built_by)
+
+
 def test_gpu_override_reserves_devices_and_builds_the_gpu_variant():
+    """Every service keeps its image, tagged gpu (export and loadtest the export image, never the slim serving
+    one), every build is the gpu variant, and the trainer and both servers get a GPU."""
+    base = compose()["services"]
     gpu = yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text())["services"]
-    for name in ("trainer", "serve"):
+    assert set(gpu) == set(base)
+    for name, service in base.items():
+        assert gpu[name]["image"] == f"{service['image'].split(':')[0]}:gpu", name
+        if "build" in service:
+            assert gpu[name]["build"]["args"]["VARIANT"] == "gpu", name
+    for name in ("trainer", "serve", "serve-v2"):
         devices = gpu[name]["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["capabilities"] == ["gpu"]
-    assert gpu["trainer"]["build"]["args"]["VARIANT"] == "gpu"
-    assert gpu["serve"]["image"].endswith(":gpu") and gpu["export"]["build"]["args"]["VARIANT"] == "gpu"
 
 
 def pipeline(step: str, tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:

@@ -166,7 +166,7 @@ def test_batch_header_matches_the_handler():
 def run_locust(server: PatternServer, images: list[Path], tmp_path: Path, *extra: str, seconds: int = 6):
     locust = Path(sys.executable).with_name("locust")
     env = dict(os.environ, CONVSERVE_IMAGES=os.pathsep.join(map(str, images)), CONVSERVE_MODEL="ok")
-    cmd = [str(locust), "-f", str(REPO / "serving" / "locustfile.py"), "--headless", "-u", "2", "-r", "2"]
+    cmd = [str(locust), "-f", str(REPO / "loadtest" / "locustfile.py"), "--headless", "-u", "2", "-r", "2"]
     cmd += ["-t", f"{seconds}s", "--host", f"http://127.0.0.1:{server.port}", "--csv", str(tmp_path / "run")]
     cmd += ["--only-summary", *extra]
     return subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)

@@ -264,7 +264,7 @@ def test_cli_bad_flag_combinations_are_one_line_errors(argv, words, photos, caps
     ],
 )
 def test_cli_bad_values_exit_2_from_the_command_line(photos, argv, line):
-    cmd = [sys.executable, "serving/loadtest.py", "--url", "http://127.0.0.1:1/predictions/x"]
+    cmd = [sys.executable, "loadtest/loadtest.py", "--url", "http://127.0.0.1:1/predictions/x"]
     cmd += ["--images", str(photos["chelsea"]), "--rate", "5", *argv]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and done.stderr.startswith(line) and len(done.stderr.strip().splitlines()) == 1

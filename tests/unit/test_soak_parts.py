@@ -1,4 +1,4 @@
-"""The parts of serving/soak.py that need no TorchServe: windows, the run folder, /proc process state (with real
+"""The parts of loadtest/soak.py that need no TorchServe: windows, the run folder, /proc process state (with real
 processes of this test), and the CLI's one-line errors. The runs themselves: tests/integration/test_soak.py."""
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def test_recorded_addresses_and_key(tmp_path):
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "serving/soak.py", *args], cwd=ROOT, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "loadtest/soak.py", *args], cwd=ROOT, capture_output=True, text=True)
 
 
 def test_cli_errors_are_one_line(tmp_path, photos):
