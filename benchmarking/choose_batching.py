@@ -27,8 +27,8 @@ from convserve.benchmarking.benchmark import batching
 from convserve.benchmarking.suite import write_photos
 from convserve.common.errors import CliParser, ConvserveError, run_cli
 from convserve.common.files import write_text_atomic
+from convserve.hardware.machine import brief_machine, load_average
 from convserve.loadtest.loadgen import read_payloads
-from convserve.loadtest.soak_results import load_now, machine_now
 
 
 def build_parser() -> CliParser:
@@ -82,7 +82,7 @@ def _run(args: argparse.Namespace, card: ModelCard, work: Path) -> list[str]:
         load_duration_s=args.duration,
         rounds=args.rounds,
     )
-    machine = machine_now()
+    machine = brief_machine()
     rows = sweep(plan)
     command = shlex.join(["python", "benchmarking/choose_batching.py", *args.argv])
     return [
@@ -91,7 +91,7 @@ def _run(args: argparse.Namespace, card: ModelCard, work: Path) -> list[str]:
         f"{'RANDOM WEIGHTS, ' if card.source.random_weights else ''}one worker; images: "
         + ", ".join(p.name for p in images),
         f"machine: {machine.cpu}, {machine.cpus} CPUs; load average (1, 5, 15 min) at the start "
-        f"{machine.load_average_start}, at the end {load_now()}",
+        f"{machine.load_average_start}, at the end {load_average()}",
         "",
         *table_lines(rows, args.concurrency),
         "",

@@ -1,7 +1,8 @@
-"""What the numbers were measured on: CPU, cores, memory, load, library versions, thread settings, GPU.
+"""What the numbers were measured on, the one description every report uses: ``describe_machine`` in full (CPU,
+cores, memory, load, library versions, thread settings, GPU) for benchmarks, ``brief_machine`` (CPU with its
+notable flags, usable CPUs, load) beside load-test and soak figures.
 
-CPU model and usable CPUs come from ``hardware`` (the one implementation for the whole project); the machine's
-rates (GEMM, read bandwidth) are measured with the floors, in ``convserve.benchmarking.floors``.
+The machine's rates (GEMM, read bandwidth) are measured with the floors, in ``convserve.benchmarking.floors``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from convserve.common.versions import library_versions
-from convserve.hardware.cpu_features import cpu_model, notable_flags
+from convserve.hardware.cpu_features import NOTABLE_FLAGS, cpu_model, notable_flags
 from convserve.hardware.cpus import affinity_cpus, cgroup_cpu_limit, usable_cpus
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TORCH_NUM_THREADS")
@@ -43,6 +44,26 @@ class MachineInfo(BaseModel):
     thread_env: dict[str, str]
     gpu: str | None = None
     java: str | None = None
+
+
+class MachineBrief(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cpu: str  # model and the flags that decide kernels, from /proc/cpuinfo
+    cpus: int  # usable: affinity and quota
+    load_average_start: list[float]
+    load_average_end: list[float] | None = None
+
+
+def cpu_line() -> str:
+    """``AMD EPYC ... (flags: avx2 avx512f ...)``: the model and the flags that decide which kernels run."""
+    notable = " ".join(notable_flags()) or "none of " + "/".join(NOTABLE_FLAGS)
+    return f"{cpu_model()} (flags: {notable})"
+
+
+def brief_machine() -> MachineBrief:
+    """The machine now, in the few facts a load figure needs beside it (set ``load_average_end`` when done)."""
+    return MachineBrief(cpu=cpu_line(), cpus=usable_cpus(), load_average_start=load_average())
 
 
 def ram_gb() -> float:

@@ -6,14 +6,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from convserve.common.errors import ConvserveError
 from convserve.common.files import atomic_path, write_text_atomic
-from convserve.hardware.cpu_features import cpu_model
-from convserve.hardware.cpus import usable_cpus
+from convserve.hardware.machine import brief_machine
 from convserve.loadtest.capacity import CapacityResult, CapacityStep
 from convserve.loadtest.open_loop import OpenLoopResult
 
@@ -129,7 +127,8 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
 
 def client_machine() -> dict[str, Any]:
     """The machine that generated the load (figures from another machine are not comparable)."""
-    return {"cpu_model": cpu_model(), "usable_cpus": usable_cpus(), "load_average": os.getloadavg()}
+    brief = brief_machine()
+    return {"cpu_model": brief.cpu, "usable_cpus": brief.cpus, "load_average": brief.load_average_start}
 
 
 def write_results(

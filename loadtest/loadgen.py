@@ -27,10 +27,8 @@ from pydantic import BaseModel, ConfigDict
 from convserve.common.errors import ConvserveError
 from convserve.common.files import read_image_bytes
 from convserve.loadtest.latency_stats import LatencyStats
+from convserve.serving.http_headers import BATCH_HEADER
 
-# serving/handler.py sets it on every answer (tests check the two names agree; importing the handler here would
-# pull torch into a load-test client)
-BATCH_HEADER = "X-Convserve-Batch-Size"
 CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError)
 
 

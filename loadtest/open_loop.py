@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import random
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -34,9 +35,11 @@ from pydantic import BaseModel, ConfigDict
 
 from convserve.common.errors import ConvserveError, first_line
 from convserve.hardware.cpus import usable_cpus
+from convserve.hardware.machine import load_average
 from convserve.loadtest.latency_stats import LatencyStats
-from convserve.loadtest.loadgen import BATCH_HEADER, Payload, check_url
+from convserve.loadtest.loadgen import Payload, check_url
 from convserve.loadtest.server_metrics import ServerCounters, ServerSplit, model_from_url, scrape, split
+from convserve.serving.http_headers import BATCH_HEADER
 
 Arrivals = Literal["constant", "poisson"]
 NO_ANSWER = "0"  # the status of a request that could not be sent or got no answer
@@ -154,16 +157,20 @@ class OpenLoopResult(BaseModel):
         }
 
 
+def poisson_offsets(rate: float, seed: int) -> Iterator[float]:
+    """Due times (seconds from the start) of Poisson arrivals at ``rate`` per second: exponential gaps, seeded."""
+    rng = random.Random(seed)
+    t = 0.0
+    while True:
+        yield t
+        t += rng.expovariate(rate)
+
+
 def arrival_offsets(rate: float, count: int, arrivals: Arrivals, seed: int = 0) -> list[float]:
     """Due times (seconds from the start) of ``count`` arrivals at ``rate`` per second."""
     if arrivals == "constant":
         return [i / rate for i in range(count)]
-    rng = random.Random(seed)
-    out, t = [], 0.0
-    for _ in range(count):
-        out.append(t)
-        t += rng.expovariate(rate)
-    return out
+    return list(islice(poisson_offsets(rate, seed), count))
 
 
 @dataclass
@@ -214,15 +221,12 @@ def schedule(plan: OpenLoopPlan) -> tuple[list[float], int]:
     if plan.arrivals == "constant":
         measured = max(1, round(plan.rate * plan.duration_s))
         return arrival_offsets(plan.rate, plan.warmup + measured, "constant"), plan.warmup
-    rng = random.Random(plan.seed)
-    offsets, t = [], 0.0
-    for _ in range(plan.warmup):
-        offsets.append(t)
-        t += rng.expovariate(plan.rate)
-    start = t
+    arrivals = poisson_offsets(plan.rate, plan.seed)
+    offsets = [next(arrivals) for _ in range(plan.warmup)]
+    start = t = next(arrivals)
     while t - start < plan.duration_s or len(offsets) == plan.warmup:
         offsets.append(t)
-        t += rng.expovariate(plan.rate)
+        t = next(arrivals)
     return offsets, plan.warmup
 
 
@@ -318,7 +322,7 @@ def _validity(plan: OpenLoopPlan, tally: _Tally, lagged: bool, late: int, stoppe
         reasons.append(
             f"{late} of {tally.sent} sends left more than {plan.late_ms:g} ms after their due time "
             f"(over {plan.max_late_fraction:.0%}): the client could not keep up with {plan.rate:g} req/s "
-            f"(load average {os.getloadavg()[0]:.1f} on {usable_cpus()} usable CPUs)"
+            f"(load average {load_average()[0]:.1f} on {usable_cpus()} usable CPUs)"
         )
     if stopped_by == "hard_cap":
         reasons.append(f"--max-duration ({plan.max_duration_s:g} s) ended the run before every answer came")

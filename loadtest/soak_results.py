@@ -8,13 +8,11 @@ Graceful stop: serve.py --stop (SIGTERM) with requests in flight; how each ended
 
 from __future__ import annotations
 
-import os
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from convserve.hardware.cpu_features import NOTABLE_FLAGS, cpu_model, notable_flags
-from convserve.hardware.cpus import usable_cpus
+from convserve.hardware.machine import MachineBrief
 
 # our targets
 SOAK_MAX_ERRORS = 0
@@ -31,22 +29,6 @@ class Check(_Model):
     name: str
     met: bool
     detail: str
-
-
-class Machine(_Model):
-    cpu: str  # model and the flags that decide kernels, from /proc/cpuinfo
-    cpus: int
-    load_average_start: list[float]
-    load_average_end: list[float] | None = None
-
-
-def machine_now() -> Machine:
-    notable = " ".join(notable_flags()) or "none of " + "/".join(NOTABLE_FLAGS)
-    return Machine(cpu=f"{cpu_model()} (flags: {notable})", cpus=usable_cpus(), load_average_start=load_now())
-
-
-def load_now() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
 
 
 class SoakWindow(_Model):
@@ -72,7 +54,7 @@ class SoakReport(_Model):
     minutes: float
     window_s: float
     started_at: str
-    machine: Machine
+    machine: MachineBrief
     windows: list[SoakWindow]
     errors: dict[str, int]
     rss_growth: float | None  # last window's worker RSS / the first's - 1
@@ -94,7 +76,7 @@ class WorkerKillReport(_Model):
     url: str
     concurrency: int
     started_at: str
-    machine: Machine
+    machine: MachineBrief
     killed_pids: list[int]
     replacement_pids: list[int]  # workers running once answers were 200 again
     kill_at_s: float  # from the start of the load
@@ -112,7 +94,7 @@ class GracefulStopReport(_Model):
     url: str
     concurrency: int
     started_at: str
-    machine: Machine
+    machine: MachineBrief
     processes_before: list[tuple[int, str]]  # (pid, role)
     stop: str | None  # "terminated" (SIGTERM sufficed) or "killed" (SIGKILL after the timeout)
     stop_s: float

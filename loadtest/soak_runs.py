@@ -22,6 +22,7 @@ from pathlib import Path
 import aiohttp
 
 from convserve.common.errors import ConvserveError
+from convserve.hardware.machine import brief_machine, load_average
 from convserve.loadtest.loadgen import CONNECTION_ERRORS, LoadPlan, Payload, check_url, run_load, run_load_sync
 from convserve.loadtest.open_loop import OpenLoopPlan, run_open_loop_sync
 from convserve.loadtest.recorded_server import RecordedServer, busy_ports, leftovers
@@ -37,8 +38,6 @@ from convserve.loadtest.soak_results import (
     SoakWindow,
     WorkerKillReport,
     counts,
-    load_now,
-    machine_now,
 )
 from convserve.serving.server_lifecycle import stop_recorded
 
@@ -120,7 +119,7 @@ def _now() -> str:
 def run_soak(plan: SoakPlan, say: Callable[[str], None] = print) -> SoakReport:
     plan.check()
     server = RecordedServer.read(plan.run_dir)
-    machine, started_at = machine_now(), _now()
+    machine, started_at = brief_machine(), _now()
     windows: list[SoakWindow] = []
     for index, seconds in enumerate(window_lengths(plan.minutes * 60, plan.window_s)):
         windows.append(_window(index, plan, seconds, server))
@@ -128,7 +127,7 @@ def run_soak(plan: SoakPlan, say: Callable[[str], None] = print) -> SoakReport:
         p99 = "–" if w.p99_ms is None else f"{w.p99_ms:.1f}"
         rss = "–" if w.worker_rss_mb is None else f"{w.worker_rss_mb:.1f}"
         say(f"window {index}: {w.ok} ok, errors {w.errors or 'none'}, p99 {p99} ms, worker RSS {rss} MB")
-    machine.load_average_end = load_now()
+    machine.load_average_end = load_average()
     errors: dict[str, int] = {}
     for w in windows:
         for key, value in {**w.errors, **({"unfinished": w.unfinished} if w.unfinished else {})}.items():
@@ -244,7 +243,7 @@ async def _worker_kill(plan: SoakPlan, server: RecordedServer, say) -> WorkerKil
     victims = server.worker_pids()
     if not victims:
         raise ConvserveError(f"no TorchServe worker process found under process group {server.pgid}")
-    machine, started_at = machine_now(), _now()
+    machine, started_at = brief_machine(), _now()
     total = plan.minutes * 60
     kill_at = plan.fault_at_s if plan.fault_at_s is not None else total / 4
     load = asyncio.create_task(run_load(plan.load(total, warmup=2 * plan.concurrency)))
@@ -256,7 +255,7 @@ async def _worker_kill(plan: SoakPlan, server: RecordedServer, say) -> WorkerKil
     say(f"killed worker(s) {victims} at {killed - begin:.1f} s")
     probes = await _probe_until_ok(plan, killed)
     result = await load
-    machine.load_average_end = load_now()
+    machine.load_average_end = load_average()
     recovered = next((p for p in probes if p.result == "200"), None)
     failed = [p.done - p.sent for p in probes if p.result != "200"]
     report = WorkerKillReport(
@@ -324,7 +323,7 @@ def run_graceful_stop(plan: SoakPlan, say: Callable[[str], None] = print) -> Gra
 
 
 async def _graceful_stop(plan: SoakPlan, server: RecordedServer, say) -> GracefulStopReport:
-    machine, started_at = machine_now(), _now()
+    machine, started_at = brief_machine(), _now()
     before, ports = server.processes(), server.ports()
     warm = plan.fault_at_s if plan.fault_at_s is not None else plan.minutes * 60 / 4
     await run_load(plan.load(warm, warmup=2 * plan.concurrency))
@@ -339,7 +338,7 @@ async def _graceful_stop(plan: SoakPlan, server: RecordedServer, say) -> Gracefu
         how = await asyncio.to_thread(stop_recorded, plan.run_dir, plan.stop_timeout_s)
         stop_s = time.perf_counter() - stopping[0]
         timelines = await asyncio.gather(*tasks)
-    machine.load_average_end = load_now()
+    machine.load_average_end = load_average()
     t0 = stopping[0]
     requests = sorted((t for line in timelines for t in line), key=lambda t: t.sent)
     in_flight = [t.relative(t0) for t in requests if t.sent < t0 <= t.done]

@@ -23,10 +23,10 @@ from convserve.hardware.cpu_share import default_threads, default_workers
 from convserve.serving.archive_settings import HandlerSettings
 from convserve.serving.backends import share_cores
 from convserve.serving.classifier import Classifier
+from convserve.serving.http_headers import BATCH_HEADER
 from convserve.serving.payload import image_bytes
 
 log = logging.getLogger(__name__)
-BATCH_HEADER = "X-Convserve-Batch-Size"
 
 
 class ConvserveHandler:

@@ -27,7 +27,7 @@ from PIL import Image
 
 from convserve.serving.archive_builder import build_archive
 from convserve.serving.archive_settings import ArchiveSettings
-from convserve.serving.handler import BATCH_HEADER
+from convserve.serving.http_headers import BATCH_HEADER
 from convserve.serving.server_lifecycle import ServerStartError, free_port
 from convserve.serving.torchserve_process import ServerSettings, TorchServeProcess, render_config, worker_error
 from tests.serving_helpers import EagerReference

@@ -16,8 +16,9 @@ import pytest
 from aiohttp import web
 
 from convserve.common.errors import ConvserveError
-from convserve.loadtest.loadgen import BATCH_HEADER, LoadPlan, Payload, read_payloads, run_load_sync
+from convserve.loadtest.loadgen import LoadPlan, Payload, read_payloads, run_load_sync
 from convserve.loadtest.loadtest import main as loadtest_main
+from convserve.serving.http_headers import BATCH_HEADER
 from tests.serving_helpers import free_port
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -155,12 +156,6 @@ def test_cli_writes_json_and_refuses_to_overwrite(server, images, tmp_path, caps
     assert "throughput" in capsys.readouterr().out
     with pytest.raises(ConvserveError, match="exists"):
         loadtest_main(argv)
-
-
-def test_batch_header_matches_the_handler():
-    from convserve.serving.handler import BATCH_HEADER as HANDLER_HEADER
-
-    assert BATCH_HEADER == HANDLER_HEADER
 
 
 def run_locust(server: PatternServer, images: list[Path], tmp_path: Path, *extra: str, seconds: int = 6):

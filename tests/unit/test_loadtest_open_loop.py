@@ -16,7 +16,7 @@ import pytest
 
 from convserve.common.errors import ConvserveError, run_cli
 from convserve.loadtest.capacity import find_capacity
-from convserve.loadtest.loadgen import BATCH_HEADER, LoadPlan, read_payloads, run_load_sync
+from convserve.loadtest.loadgen import LoadPlan, read_payloads, run_load_sync
 from convserve.loadtest.loadtest import main as loadtest_main
 from convserve.loadtest.open_loop import OpenLoopPlan, arrival_offsets, run_open_loop_sync, schedule
 from convserve.loadtest.recorded_server import RecordedServer
@@ -27,6 +27,7 @@ from convserve.loadtest.server_metrics import (
     recorded_metrics_url,
     split,
 )
+from convserve.serving.http_headers import BATCH_HEADER
 from tests.serving_helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
