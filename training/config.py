@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -224,6 +225,30 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def preset_folder() -> Path:
+    """The presets shipped with convserve (package data: a checkout's training/configs, or the installed copy)."""
+    return Path(str(resources.files("convserve.training") / "configs"))
+
+
+def presets() -> list[str]:
+    folder = preset_folder()
+    return sorted(p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml"))
+
+
+def find_config(path: Path | str) -> Path:
+    """``path`` itself when it is a file; else the shipped preset it names (``demo``, ``sweeps/activations``, or the
+    checkout path ``training/configs/demo.yaml`` from any folder), so an installed convserve finds its presets."""
+    given = Path(path)
+    if given.is_file():
+        return given
+    name = given.as_posix().removeprefix("training/configs/").removesuffix(".yaml")
+    if name in presets():
+        return preset_folder() / f"{name}.yaml"
+    raise ConvserveError(
+        f"cannot read config {path}: no such file, and no preset of that name ({', '.join(presets())})"
+    )
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping with safe_load; a clear error for a missing or malformed file."""
     try:
@@ -252,7 +277,7 @@ def build_config(base: dict[str, Any] | None = None, overrides: dict[str, Any] |
 
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    return build_config(read_yaml(path) if path else {}, overrides)
+    return build_config(read_yaml(find_config(path)) if path else {}, overrides)
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:

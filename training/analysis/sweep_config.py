@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from convserve.common.errors import ConvserveError
-from convserve.training.config import CLI_OVERRIDES, TrainConfig, build_config, read_yaml
+from convserve.training.config import CLI_OVERRIDES, TrainConfig, build_config, find_config, read_yaml
 
 SET_BY_SWEEP = ("run.output_dir", "run.name")
 # Point names use the key's last part, except where that part says nothing alone ("name").
@@ -133,7 +133,7 @@ def expand_points(cfg: SweepConfig, source: Path) -> list[SweepPoint]:
 
 
 def load_sweep(path: Path) -> Sweep:
-    path = Path(path)
+    path = find_config(path)
     try:
         cfg = SweepConfig.model_validate(read_yaml(path))
     except ValidationError as exc:
