@@ -42,12 +42,11 @@ class OnnxBackend:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Spinning pool threads burn the cores that decode, preprocessing and TorchServe's frontend need
-        # between calls: with spinning off (and one torch thread, share_cores) served int8 AlexNet p50 went
-        # from 20.0 to 12.0 ms and fp32 from 117 to 23 ms on 2 cores.
+        # between calls (docs/benchmarks: what turning it off did to the served p50).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        # No CPU arena: it keeps the largest batch's activations for good (int8 AlexNet worker: -30 MB RSS) and
-        # measured no slower at batch 1 or 8.
+        # No CPU arena: it keeps the largest batch's activations for good, and without it batches 1 and 8
+        # measured no slower (docs/benchmarks, the ORT CPU arena).
         options.enable_cpu_mem_arena = False
         providers: list = ["CPUExecutionProvider"]
         if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
@@ -57,7 +56,7 @@ class OnnxBackend:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
             raise ConvserveError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from None
-        trim_heap()  # parsing the model file left its bytes as free heap: return them (-15 to -30 MB RSS)
+        trim_heap()  # parsing the model file left its bytes as free heap: return them to the OS
         first = self.session.get_inputs()[0]
         self.input_name = first.name
         self.input_dtype = np.float16 if first.type == "tensor(float16)" else np.float32

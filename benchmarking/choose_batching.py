@@ -5,7 +5,7 @@ python benchmarking/choose_batching.py --artifact A --candidates 1 4:50 8:2 8:5 
 
 One TorchServe serves the artifact once per setting (one model and one worker each, the archive's other settings
 as a user gets them); each round gives every setting a turn (--latency-requests at concurrency 1, then
---duration seconds at the high concurrency: closed loop, the load generator of serving/loadtest.py), in
+--duration seconds at the high concurrency: closed loop, the load generator of loadtest/loadtest.py), in
 alternating order. Prints a markdown table (c1 p50 against no batching, c16 throughput against the best
 setting), the setting our rule picks on this machine, and whether the shipped default meets the rule.
 An artifact: export/to_onnx.py CKPT, or export/to_onnx.py --torchvision alexnet --random-weights (no download).
@@ -27,7 +27,7 @@ from convserve.benchmarking.benchmark import batching
 from convserve.benchmarking.suite import write_photos
 from convserve.common.errors import CliParser, ConvserveError, run_cli
 from convserve.common.files import write_text_atomic
-from convserve.hardware.machine import brief_machine, load_average
+from convserve.hardware.machine import load_average, machine_summary
 from convserve.loadtest.loadgen import read_payloads
 
 
@@ -82,7 +82,7 @@ def _run(args: argparse.Namespace, card: ModelCard, work: Path) -> list[str]:
         load_duration_s=args.duration,
         rounds=args.rounds,
     )
-    machine = brief_machine()
+    machine = machine_summary()
     rows = sweep(plan)
     command = shlex.join(["python", "benchmarking/choose_batching.py", *args.argv])
     return [
@@ -100,7 +100,7 @@ def _run(args: argparse.Namespace, card: ModelCard, work: Path) -> list[str]:
 
 
 def cli() -> None:
-    """The ``convserve-choose-batching`` entry point: ``main`` behind the one-line error edge."""
+    """Run as a script: ``main`` behind the one-line error edge, as ``convserve <command>`` runs it."""
     run_cli(main)
 
 

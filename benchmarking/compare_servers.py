@@ -148,7 +148,7 @@ def _write(outputs: list[Path], data: str, command: str, table: str) -> None:
 
 
 def cli() -> None:
-    """The ``convserve-compare-servers`` entry point: ``main`` behind the one-line error edge."""
+    """Run as a script: ``main`` behind the one-line error edge, as ``convserve <command>`` runs it."""
     run_cli(main)
 
 

@@ -5,7 +5,7 @@ handler derive from the CPUs), served by TorchServe one kind at a time on this m
 Kinds: a model file of the artifact under convserve's handler (``onnx``, ``onnx-int8``, ``torchscript``,
 ``eager``, ...) or ``stock``: TorchServe's own image_classifier handler on the eager weights (benchmarking/stock.py),
 archived with the same batching and worker count. Per kind: a short closed loop at concurrency 1 places the first
-step, then the open-loop search of serving/capacity.py; the figures of the step that held at the capacity are kept
+step, then the open-loop search of loadtest/capacity.py; the figures of the step that held at the capacity are kept
 (p50/p99, TorchServe's queue/worker split from its metrics page, the mean batch size our handler reports).
 """
 

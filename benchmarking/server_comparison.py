@@ -4,7 +4,7 @@ a time, on the CPUs this process may use, with the same backend, intra-op thread
 Per server: cold start (launch → model loaded and a real prediction answered), latency at concurrency 1 (closed
 loop, counted requests), throughput at concurrency C (closed loop, timed), the server's RSS and its CPU time per
 request at C (all of its processes, from /proc), and the capacity: the highest open-loop rate whose p99 stays
-within a bound (serving/capacity.py). Each request carries one image: its raw bytes to TorchServe, the binary
+within a bound (loadtest/capacity.py). Each request carries one image: its raw bytes to TorchServe, the binary
 data extension (the same bytes behind a small JSON header) to the v2 server.
 """
 

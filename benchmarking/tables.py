@@ -209,7 +209,7 @@ def served_section(res: BenchmarkResults) -> list[str]:
     lines = [
         "## Through TorchServe (one server per row, run one at a time)",
         "",
-        "Latencies in ms, measured by the client (serving/loadgen.py) on loopback. *cold start*: TorchServe "
+        "Latencies in ms, measured by the client (loadtest/loadgen.py) on loopback. *cold start*: TorchServe "
         "process start → READY worker → first prediction answered. Worker RSS from /proc/<pid>/status (VmRSS, "
         "VmHWM) of the worker processes under the java frontend, read after the loads; *anon*: RssAnon, the private "
         "part (VmRSS also counts the pages of shared libraries: torch alone maps ~500 MB into every worker). "

@@ -1,7 +1,7 @@
 """Eager vs exported on the same real images: softmax differences, top-1 / top-5 agreement, test accuracy.
 
 A ``Runner`` is anything that maps a float32 (N, 3, S, S) batch to (N, classes) logits: the eager model, or an
-exported file loaded by serving's own backend (export/runtimes.py: the same session options and threads).
+exported file loaded by serving's own backend (artifact/runtimes.py: the same session options and threads).
 Parity runs every image at batch size 1 and in batches of ``batch`` (the dynamic axis, as a server batches
 requests), and compares each to the eager model's probabilities.
 """
@@ -55,7 +55,7 @@ def eager_runner(model: torch.nn.Module) -> Runner:
 
 def file_runner(fmt: str, path: Path) -> tuple[Runner, str]:
     """The exported file as serving runs it: the same backend, session options and thread count
-    (export/runtimes.py), on the CPU. Returns the runner and its runtime settings, for the card."""
+    (artifact/runtimes.py), on the CPU. Returns the runner and its runtime settings, for the card."""
     backend = TorchScriptBackend(path) if fmt == "torchscript" else OnnxBackend(path)
     return backend, backend.runtime
 

@@ -1,5 +1,5 @@
 """What the numbers were measured on, the one description every report uses: ``describe_machine`` in full (CPU,
-cores, memory, load, library versions, thread settings, GPU) for benchmarks, ``brief_machine`` (CPU with its
+cores, memory, load, library versions, thread settings, GPU) for benchmarks, ``machine_summary`` (CPU with its
 notable flags, usable CPUs, load) beside load-test and soak figures.
 
 The machine's rates (GEMM, read bandwidth) are measured with the floors, in ``convserve.benchmarking.floors``.
@@ -46,7 +46,7 @@ class MachineInfo(BaseModel):
     java: str | None = None
 
 
-class MachineBrief(BaseModel):
+class MachineSummary(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     cpu: str  # model and the flags that decide kernels, from /proc/cpuinfo
@@ -61,9 +61,9 @@ def cpu_line() -> str:
     return f"{cpu_model()} (flags: {notable})"
 
 
-def brief_machine() -> MachineBrief:
+def machine_summary() -> MachineSummary:
     """The machine now, in the few facts a load figure needs beside it (set ``load_average_end`` when done)."""
-    return MachineBrief(cpu=cpu_line(), cpus=usable_cpus(), load_average_start=load_average())
+    return MachineSummary(cpu=cpu_line(), cpus=usable_cpus(), load_average_start=load_average())
 
 
 def ram_gb() -> float:

@@ -1,6 +1,6 @@
 """Capacity search: the highest open-loop rate a server holds for a full step within a p99 and an error bound.
 
-Steps run open-loop (serving/open_loop.py) at one rate each for ``step_duration_s``: the rate doubles from
+Steps run open-loop (loadtest/open_loop.py) at one rate each for ``step_duration_s``: the rate doubles from
 ``start_rate`` until a step fails (or ``max_rate`` is reached), then bisects between the highest passing and the
 lowest failing rate until they are within ``resolution`` of each other. A step passes when the client kept up
 (its result is valid), at least one answer was 2xx, p99 ≤ ``p99_ms`` and the error rate ≤ ``max_error_rate``.

@@ -11,7 +11,7 @@ from typing import Any
 
 from convserve.common.errors import ConvserveError
 from convserve.common.files import atomic_path, write_text_atomic
-from convserve.hardware.machine import brief_machine
+from convserve.hardware.machine import machine_summary
 from convserve.loadtest.capacity import CapacityResult, CapacityStep
 from convserve.loadtest.open_loop import OpenLoopResult
 
@@ -127,7 +127,7 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
 
 def client_machine() -> dict[str, Any]:
     """The machine that generated the load (figures from another machine are not comparable)."""
-    brief = brief_machine()
+    brief = machine_summary()
     return {"cpu_model": brief.cpu, "usable_cpus": brief.cpus, "load_average": brief.load_average_start}
 
 

@@ -1,14 +1,14 @@
 """Load-test one prediction URL with real images: closed loop (C requests in flight) or open loop (a rate).
 
 Closed loop, C requests kept in flight (the client waits for the server, so it hides queueing):
-python serving/loadtest.py --url http://127.0.0.1:8080/predictions/alexnet --images cat.jpg dog.jpg \\
+python loadtest/loadtest.py --url http://127.0.0.1:8080/predictions/alexnet --images cat.jpg dog.jpg \\
     --concurrency 16 --duration 30 --warmup 20 --output results.json
 
 Open loop, requests sent on schedule at each rate whatever the server does, timed from their scheduled send:
-python serving/loadtest.py --url ... --images cat.jpg --rate 5,10,20 --duration 20 --output-dir load/
+python loadtest/loadtest.py --url ... --images cat.jpg --rate 5,10,20 --duration 20 --output-dir load/
 
 Capacity: the highest rate that holds p99 <= 250 ms and <= 1 % errors for a full step (doubling, then bisecting):
-python serving/loadtest.py --url ... --images cat.jpg --find-capacity --p99-ms 250 --output-dir load/
+python loadtest/loadtest.py --url ... --images cat.jpg --find-capacity --p99-ms 250 --output-dir load/
 
 Stops by itself: closed loop after --requests measured answers or --duration seconds (whichever first); open
 loop after --duration seconds of arrivals (--step-duration per capacity step, at most --max-steps) and the
@@ -230,7 +230,7 @@ def _say_written(paths: list[Path]) -> None:
 
 
 def cli() -> None:
-    """The ``convserve-loadtest`` entry point: ``main`` behind the one-line error edge."""
+    """Run as a script: ``main`` behind the one-line error edge, as ``convserve <command>`` runs it."""
     run_cli(main)
 
 

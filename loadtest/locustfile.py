@@ -1,13 +1,13 @@
-"""Locust load test of a convserve TorchServe endpoint, for those who prefer Locust to serving/loadtest.py.
+"""Locust load test of a convserve TorchServe endpoint, for those who prefer Locust to loadtest/loadtest.py.
 
 Headless run (16 users, 4 started per second, 30 s), against a local server only unless you mean otherwise:
 
-    CONVSERVE_IMAGES=cat.jpg:dog.jpg locust -f serving/locustfile.py --headless -u 16 -r 4 -t 30s \\
+    CONVSERVE_IMAGES=cat.jpg:dog.jpg locust -f loadtest/locustfile.py --headless -u 16 -r 4 -t 30s \\
         --host http://127.0.0.1:8080
 
 Paced (open-loop-like): 20 users at 2 requests/s each offer 40 requests/s, using Locust's constant_throughput:
 
-    CONVSERVE_IMAGES=cat.jpg locust -f serving/locustfile.py --headless -u 20 -r 20 -t 60s \
+    CONVSERVE_IMAGES=cat.jpg locust -f loadtest/locustfile.py --headless -u 20 -r 20 -t 60s \
         --host http://127.0.0.1:8080 --user-rate 2
 
 Environment:
@@ -19,7 +19,7 @@ Environment:
 Without --user-rate each user keeps one request in flight (no think time), as loadtest.py's concurrency does.
 With it each user starts a request every 1/rate s: users x rate is the offered rate as long as answers come
 within 1/rate s; a slower answer delays that user's next request (Locust users wait for their answers), so
-past that point the load closes its loop again. serving/loadtest.py --rate is the true open loop, timed from
+past that point the load closes its loop again. loadtest/loadtest.py --rate is the true open loop, timed from
 each request's scheduled send. Any non-2xx answer is a failure, reported by Locust under its status code.
 """
 

@@ -1,7 +1,7 @@
 """Open-loop HTTP load: requests sent on a fixed schedule of arrivals whatever the server does, each timed from
 its SCHEDULED send time, so a server that falls behind shows its queue in the latencies.
 
-A closed loop (serving/loadgen.py) waits for an answer before sending the next request: when the server slows
+A closed loop (loadtest/loadgen.py) waits for an answer before sending the next request: when the server slows
 down, the client slows down with it and the queue never forms (coordinated omission). Here arrival i is due at
 ``t0 + offset_i`` (constant: i / rate; poisson: exponential gaps of mean 1 / rate, seeded), and its latency is
 answer time − due time, whether the client sent it on time or not.
@@ -58,7 +58,7 @@ class OpenLoopPlan:
     timeout_s: float = 30.0  # per request, from its actual send
     max_in_flight: int = 512  # arrivals beyond it are dropped (and the result marked invalid)
     late_ms: float = 25.0  # a send later than this after its due time is late (a Python client on shared cores
-    # stalls for ~10-20 ms now and then; each stall also lands in that request's latency, timed from its due time)
+    # stalls now and then; each stall also lands in that request's latency, timed from its due time)
     max_late_fraction: float = 0.01  # more late sends than this marks the result invalid
     max_duration_s: float = 600.0  # hard cap on the whole run, drain included
     metrics_url: str | None = None  # TorchServe's Prometheus page, read before and after; None: not read

@@ -1,13 +1,13 @@
 """Soak a running TorchServe for minutes, or break it under load and watch it come back.
 
 python serving/serve.py --model-store model_store --run-dir logs/torchserve            # the server, in the background
-python serving/soak.py --url http://127.0.0.1:8080/predictions/alexnet --run-dir logs/torchserve \\
+python loadtest/soak.py --url http://127.0.0.1:8080/predictions/alexnet --run-dir logs/torchserve \\
     --images cat.jpg dog.jpg --concurrency 4 --minutes 10 --output soak.json
-python serving/soak.py ... --fault worker-kill      # SIGKILL every worker under load; time until a 200 again
-python serving/soak.py ... --fault graceful-stop    # serve.py --stop with requests in flight; ports, processes
+python loadtest/soak.py ... --fault worker-kill      # SIGKILL every worker under load; time until a 200 again
+python loadtest/soak.py ... --fault graceful-stop    # serve.py --stop with requests in flight; ports, processes
 
-The load is the closed loop of serving/loadtest.py (C requests in flight, real image bodies), or for a soak
---rate R, open-loop arrivals at R per second (serving/open_loop.py). The run folder
+The load is the closed loop of loadtest/loadtest.py (C requests in flight, real image bodies), or for a soak
+--rate R, open-loop arrivals at R per second (loadtest/open_loop.py). The run folder
 (serve.py --run-dir) tells which processes are the server's: the worker processes are read from /proc.
 Soak: per window (--window seconds, default 60), answers, errors, p50/p99 and the workers' and the frontend's
 RSS, and the first window against the last. --minutes takes fractions (0.2: a short check). Exit code 1 when a
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli() -> None:
-    """The ``convserve-soak`` entry point: ``main`` behind the one-line error edge."""
+    """Run as a script: ``main`` behind the one-line error edge, as ``convserve <command>`` runs it."""
     run_cli(main)
 
 

@@ -1,4 +1,4 @@
-"""What a soak or fault run reports (pydantic, written as JSON by serving/soak.py) and our targets for each.
+"""What a soak or fault run reports (pydantic, written as JSON by loadtest/soak.py) and our targets for each.
 
 Soak: fixed load (C requests in flight, or a fixed arrival rate) for minutes, read per window: answers, errors,
 p99, the workers' and the frontend's RSS; the first window against the last. Worker kill: every worker SIGKILLed
@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from convserve.hardware.machine import MachineBrief
+from convserve.hardware.machine import MachineSummary
 
 # our targets
 SOAK_MAX_ERRORS = 0
@@ -54,7 +54,7 @@ class SoakReport(_Model):
     minutes: float
     window_s: float
     started_at: str
-    machine: MachineBrief
+    machine: MachineSummary
     windows: list[SoakWindow]
     errors: dict[str, int]
     rss_growth: float | None  # last window's worker RSS / the first's - 1
@@ -76,7 +76,7 @@ class WorkerKillReport(_Model):
     url: str
     concurrency: int
     started_at: str
-    machine: MachineBrief
+    machine: MachineSummary
     killed_pids: list[int]
     replacement_pids: list[int]  # workers running once answers were 200 again
     kill_at_s: float  # from the start of the load
@@ -94,7 +94,7 @@ class GracefulStopReport(_Model):
     url: str
     concurrency: int
     started_at: str
-    machine: MachineBrief
+    machine: MachineSummary
     processes_before: list[tuple[int, str]]  # (pid, role)
     stop: str | None  # "terminated" (SIGTERM sufficed) or "killed" (SIGKILL after the timeout)
     stop_s: float

@@ -1,6 +1,6 @@
 """Soak and fault runs against a running TorchServe (a URL and the run folder serve.py gave it).
 
-The load is serving/loadgen.py's closed loop (C requests in flight), or for a soak serving/open_loop.py's
+The load is loadtest/loadgen.py's closed loop (C requests in flight), or for a soak loadtest/open_loop.py's
 arrivals at a fixed rate. A soak runs it in consecutive windows and reads the workers' RSS from /proc after
 each. The fault runs add what the load generators' summaries cannot say: when each request around the fault
 was sent and how it ended, from requests of their own (``_timed``).
@@ -22,7 +22,7 @@ from pathlib import Path
 import aiohttp
 
 from convserve.common.errors import ConvserveError
-from convserve.hardware.machine import brief_machine, load_average
+from convserve.hardware.machine import load_average, machine_summary
 from convserve.loadtest.loadgen import CONNECTION_ERRORS, LoadPlan, Payload, check_url, run_load, run_load_sync
 from convserve.loadtest.open_loop import OpenLoopPlan, run_open_loop_sync
 from convserve.loadtest.recorded_server import RecordedServer, busy_ports, leftovers
@@ -119,7 +119,7 @@ def _now() -> str:
 def run_soak(plan: SoakPlan, say: Callable[[str], None] = print) -> SoakReport:
     plan.check()
     server = RecordedServer.read(plan.run_dir)
-    machine, started_at = brief_machine(), _now()
+    machine, started_at = machine_summary(), _now()
     windows: list[SoakWindow] = []
     for index, seconds in enumerate(window_lengths(plan.minutes * 60, plan.window_s)):
         windows.append(_window(index, plan, seconds, server))
@@ -211,7 +211,7 @@ class _Timed:
 
 
 async def _timed(session: aiohttp.ClientSession, plan: SoakPlan, payload: Payload) -> _Timed:
-    """One request, classified as serving/loadgen.py classifies them (status, "connection" or "timeout")."""
+    """One request, classified as loadtest/loadgen.py classifies them (status, "connection" or "timeout")."""
     headers = {"Content-Type": payload.content_type, **plan.headers}
     sent = time.perf_counter()
     try:
@@ -243,7 +243,7 @@ async def _worker_kill(plan: SoakPlan, server: RecordedServer, say) -> WorkerKil
     victims = server.worker_pids()
     if not victims:
         raise ConvserveError(f"no TorchServe worker process found under process group {server.pgid}")
-    machine, started_at = brief_machine(), _now()
+    machine, started_at = machine_summary(), _now()
     total = plan.minutes * 60
     kill_at = plan.fault_at_s if plan.fault_at_s is not None else total / 4
     load = asyncio.create_task(run_load(plan.load(total, warmup=2 * plan.concurrency)))
@@ -323,7 +323,7 @@ def run_graceful_stop(plan: SoakPlan, say: Callable[[str], None] = print) -> Gra
 
 
 async def _graceful_stop(plan: SoakPlan, server: RecordedServer, say) -> GracefulStopReport:
-    machine, started_at = brief_machine(), _now()
+    machine, started_at = machine_summary(), _now()
     before, ports = server.processes(), server.ports()
     warm = plan.fault_at_s if plan.fault_at_s is not None else plan.minutes * 60 / 4
     await run_load(plan.load(warm, warmup=2 * plan.concurrency))

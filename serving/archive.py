@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli() -> None:
-    """The ``convserve-archive`` entry point: ``main`` behind the one-line error edge."""
+    """Run as a script: ``main`` behind the one-line error edge, as ``convserve <command>`` runs it."""
     run_cli(main)
 
 

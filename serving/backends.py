@@ -1,6 +1,6 @@
 """Which model file of an artifact serves, checked against its card, and the backend that runs it.
 
-- ONNX and TorchScript files run on export/runtimes.py's backends (the ones export's parity check measured).
+- ONNX and TorchScript files run on artifact/runtimes.py's backends (the ones export's parity check measured).
 - ``EagerBackend``: model.pt (our checkpoint) rebuilt with training's builders; needs the ``training``
   package importable (the archive ships it when built with ``--backend eager``).
 """

@@ -1,7 +1,7 @@
 """Serving test helpers: small artifact folders, eager reference predictions, free ports.
 
 The integration tests serve what export/to_onnx.py and to_torchscript.py write. The unit tests use
-``build_artifact``, which writes the same folder contract (export/artifact.py) straight from a checkpoint in
+``build_artifact``, which writes the same folder contract (artifact/card.py) straight from a checkpoint in
 seconds, also for untrained models the exporter's parity checks have no dataset for; its ONNX input is named
 "pixels" (the exporter's is "input"), so serving's reading of the name from the session is exercised.
 """

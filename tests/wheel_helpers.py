@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import shutil
 import site
 import subprocess
 import sys
@@ -13,9 +14,27 @@ REPO = Path(__file__).resolve().parents[1]
 NEIGHBOUR_COMMANDS = ("torchserve", "torch-model-archiver")
 
 
+def source_copy(dest: Path) -> Path:
+    """The files git would ship (tracked, and new ones not ignored), copied: a build in the checkout would leave
+    build/ there, whose stale modules a later build packs too."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = REPO / name
+        if source.is_file():  # a file deleted but not yet staged is listed too
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    return dest
+
+
 def build_wheel(out: Path) -> Path:
-    """``pip wheel .`` without build isolation: offline, with the setuptools the dev extra installs."""
-    cmd = [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q", "-w", str(out)]
+    """``pip wheel`` of the sources without build isolation: offline, with the setuptools the dev extra installs."""
+    source = source_copy(Path(out) / "source")
+    cmd = [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q", "-w", str(out)]
     subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=out)
     (wheel,) = Path(out).glob("convserve-*.whl")
     return wheel

@@ -98,7 +98,8 @@ class RunConfig(_Strict):
     output_dir: Path | None = Field(None, description="the run folder; None: runs/<timestamp>-<arch>-<dataset>")
     name: str | None = Field(None, description="run folder name under runs/ (instead of the timestamped one)")
     print_freq: int = Field(20, ge=1, description="batches between progress lines (without a terminal)")
-    # last.pt carries the optimizer state (AlexNet + AdamW: 684 MB, ~1 s of CPU to write on this machine)
+    # last.pt carries the optimizer state (for AlexNet + AdamW several times the weights): writing it every
+    # epoch costs CPU time a short run notices
     checkpoint_every: int = Field(1, ge=1, description="write last.pt every N epochs and after the last one")
     # On a small val split the best-scoring epoch is mostly noise (270 digits: one image is 0.37 %): in 13 AlexNet
     # digits runs the last epoch tested as well or better than the val-picked one every time (bf16 seed 0:
@@ -143,8 +144,8 @@ class TrainConfig(_Strict):
 # the defaults above. Each recipe is measured to converge on the default dataset (README, Training): SGD at 0.01
 # with PyTorch's default init left AlexNet at chance (13 % test top-1 after 12 epochs on digits).
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
-    # kaiming: PyTorch's default init shrinks AlexNet's signal layer by layer. Batch 64: its dense layers run at
-    # ~1.4x batch 32's rate on a CPU (skinny products), 12 epochs in batch 32's 10-epoch time; last.pt: 684 MB.
+    # kaiming: PyTorch's default init shrinks AlexNet's signal layer by layer. Batch 64: its dense layers are
+    # products with one row per image, which a CPU runs faster the more rows they have (README, Training).
     "alexnet": {
         "model": {"init": "kaiming"},
         "optim": {"lr": 5e-4},

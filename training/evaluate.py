@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli() -> None:
-    """The ``convserve-evaluate`` entry point: ``main`` behind the one-line error edge."""
+    """Run as a script: ``main`` behind the one-line error edge, as ``convserve <command>`` runs it."""
     run_cli(main)
 
 

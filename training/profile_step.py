@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         s = build_session(cfg, info, device, Path(scratch))
         train_loader, _, _ = make_loaders(cfg, s.data, info, device)
-        result = profile_epoch(s, train_loader)
+        result = profile_epoch(s.train_step(), train_loader)
     size = s.data.preprocessing.input_size
     rate = training_rate(s.model_without_ddp, size, device, s.precision.precision, result["images_per_s"])
     basis = rate["matmul_fraction_basis"]
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli() -> None:
-    """The ``convserve-profile-step`` entry point: ``main`` behind the one-line error edge."""
+    """Run as a script: ``main`` behind the one-line error edge, as ``convserve <command>`` runs it."""
     run_cli(main)
 
 

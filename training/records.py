@@ -5,22 +5,11 @@ from __future__ import annotations
 import csv
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from convserve.common.errors import ConvserveError
 from convserve.common.files import atomic_file, write_json_atomic
+from convserve.training.results import METRIC_COLUMNS, EpochRow, RunSummary
 
-METRIC_COLUMNS = [
-    "epoch",
-    "train_loss",
-    "train_acc1",
-    "train_acc5",
-    "val_loss",
-    "val_acc1",
-    "val_acc5",
-    "lr",
-    "epoch_seconds",
-]
 RUN_MARKERS = ("config.yaml", "metrics.csv", "summary.json", "checkpoints")
 
 
@@ -59,13 +48,13 @@ def claim_run_dir(path: Path, resume: bool) -> Path:
 class RunRecorder:
     """Writes metrics.csv (rewritten from history on resume), TensorBoard scalars and summary.json."""
 
-    def __init__(self, path: Path, history: list[dict[str, float]] | None = None):
+    def __init__(self, path: Path, history: list[EpochRow] | None = None):
         self.path = path
-        self.history: list[dict[str, float]] = list(history or [])
+        self.history: list[EpochRow] = list(history or [])
         self._write_csv()
         from torch.utils.tensorboard import SummaryWriter
 
-        start = int(self.history[-1]["epoch"]) + 1 if self.history else 0
+        start = self.history[-1].epoch + 1 if self.history else 0
         self.tb = SummaryWriter(log_dir=str(path / "tensorboard"), purge_step=start or None)
 
     @property
@@ -76,20 +65,21 @@ class RunRecorder:
         with atomic_file(self.path / "metrics.csv", "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
             writer.writeheader()
-            writer.writerows(self.history)
+            writer.writerows(row.to_dict() for row in self.history)
 
-    def log_epoch(self, row: dict[str, float]) -> None:
+    def log_epoch(self, row: EpochRow) -> None:
         self.history.append(row)
         self._write_csv()
-        step = int(row["epoch"])
-        for key in ("loss", "acc1", "acc5"):
-            self.tb.add_scalars(key, {"train": row[f"train_{key}"], "val": row[f"val_{key}"]}, step)
-        self.tb.add_scalar("lr", row["lr"], step)
+        step = row.epoch
+        self.tb.add_scalars("loss", {"train": row.train_loss, "val": row.val_loss}, step)
+        self.tb.add_scalars("acc1", {"train": row.train_acc1, "val": row.val_acc1}, step)
+        self.tb.add_scalars("acc5", {"train": row.train_acc5, "val": row.val_acc5}, step)
+        self.tb.add_scalar("lr", row.lr, step)
         self.tb.flush()
 
     @staticmethod
-    def write_summary_to(path: Path, summary: dict[str, Any]) -> None:
-        write_json_atomic(path / "summary.json", summary)
+    def write_summary_to(path: Path, summary: RunSummary) -> None:
+        write_json_atomic(path / "summary.json", summary.to_dict())
 
     def close(self) -> None:
         self.tb.close()

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli() -> None:
-    """The ``convserve-sweep`` entry point: ``main`` behind the one-line error edge."""
+    """Run as a script: ``main`` behind the one-line error edge, as ``convserve <command>`` runs it."""
     run_cli(main)
 
 

@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # imported here: --help and a bad flag answer without loading torchvision and the data pipeline (~4 s)
+    # imported here: --help and a bad flag answer without the seconds torchvision and the data pipeline take
     from convserve.training.trainer import load_resume_config, run_training
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("config", "resume")}
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli() -> None:
-    """The ``convserve-train`` entry point: ``main`` behind the one-line error edge."""
+    """Run as a script: ``main`` behind the one-line error edge, as ``convserve <command>`` runs it."""
     run_cli(main)
 
 

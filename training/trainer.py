@@ -8,24 +8,23 @@ import os
 import random
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
 from convserve.common.devices import choose_device
 from convserve.common.errors import ConvserveError
 from convserve.common.host_memory import retain_freed_memory
-from convserve.common.versions import library_versions
 from convserve.hardware.cpus import usable_cpus
 from convserve.models import build_model
-from convserve.models.checkpoint import Checkpoint, link_checkpoint, load_checkpoint, save_checkpoint
 from convserve.training.analysis.plots import write_run_plots
-from convserve.training.config import TrainConfig, build_config, config_to_dict, dump_config
+from convserve.training.checkpoint_keeper import CheckpointKeeper
+from convserve.training.config import TrainConfig, build_config, dump_config
 from convserve.training.data import DataBundle, build_datasets
 from convserve.training.data.presets import BatchCollate
 from convserve.training.engine.distributed import (
@@ -37,40 +36,14 @@ from convserve.training.engine.distributed import (
 )
 from convserve.training.engine.ema import WeightAverage
 from convserve.training.engine.evaluation import EvalResult, evaluate
-from convserve.training.engine.precision import PrecisionChoice, resolve_precision
-from convserve.training.engine.throughput import training_rate
+from convserve.training.engine.precision import resolve_precision
+from convserve.training.engine.throughput import TrainingRate, training_rate
 from convserve.training.engine.train_loop import train_one_epoch
 from convserve.training.records import RunRecorder, claim_run_dir, new_run_dir
+from convserve.training.results import ChosenEpoch, EpochRow, RunSummary
+from convserve.training.session import Session
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Session:
-    """Everything an epoch needs, built once per run."""
-
-    cfg: TrainConfig
-    info: DistInfo
-    device: torch.device
-    data: DataBundle
-    model: nn.Module  # possibly DDP-wrapped
-    model_without_ddp: nn.Module
-    model_options: dict[str, Any]
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler | None
-    precision: PrecisionChoice
-    run_dir: Path
-    ema: WeightAverage | None = None
-
-    @property
-    def autocast(self) -> Any:
-        return self.precision.autocast(self.device)
-
-    @property
-    def eval_model(self) -> nn.Module:
-        """What validation, checkpoints and export see: the weight average when there is one."""
-        return self.ema.model if self.ema is not None else self.model_without_ddp
 
 
 def set_training_threads(info: DistInfo) -> None:
@@ -97,7 +70,7 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # fused kernels: ten times faster than the per-tensor loop on CPU (AlexNet: 37 ms vs 375 ms a step)
+    # fused kernels: on a CPU the per-tensor loop costs several times the step
     if o.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.momentum > 0, fused=True)
     if o.optimizer == "adam":
@@ -105,7 +78,9 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=o.lr, fused=True)
 
 
-def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+def make_scheduler(
+    cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step LR: linear warmup, then cosine to zero, step decay, or constant."""
     o, total = cfg.optim, cfg.run.epochs * steps_per_epoch
     warmup = min(o.warmup_epochs * steps_per_epoch, max(total - 1, 0))
@@ -122,7 +97,9 @@ def make_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def make_loaders(cfg: TrainConfig, data: DataBundle, info: DistInfo, device: torch.device):
+def make_loaders(
+    cfg: TrainConfig, data: DataBundle, info: DistInfo, device: torch.device
+) -> tuple[DataLoader, DataLoader | None, DataLoader | None]:
     kw = {"batch_size": cfg.run.batch_size, "num_workers": cfg.run.workers, "pin_memory": device.type == "cuda"}
     if cfg.run.workers > 0:
         kw["persistent_workers"] = True
@@ -134,7 +111,7 @@ def make_loaders(cfg: TrainConfig, data: DataBundle, info: DistInfo, device: tor
     collate = BatchCollate(data.train_batch_transform) if data.train_batch_transform else None
     train = DataLoader(data.train, sampler=sampler, drop_last=per_rank > cfg.run.batch_size, collate_fn=collate, **kw)
 
-    def eval_loader(ds):
+    def eval_loader(ds: Dataset | None) -> DataLoader | None:
         return DataLoader(ds, sampler=ShardSampler(len(ds), info), **kw) if ds is not None else None
 
     return train, eval_loader(data.val), eval_loader(data.test)
@@ -173,113 +150,57 @@ def _prepare_run_dir(cfg: TrainConfig, resume: bool, info: DistInfo) -> Path:
     return Path(broadcast_object(str(path) if path else None, info))
 
 
-def build_session(cfg: TrainConfig, info: DistInfo, device: torch.device, run_dir: Path) -> Session:
-    data = build_datasets(cfg.data, cfg.model.arch, cfg.run.seed)
+def steps_per_epoch(cfg: TrainConfig, data: DataBundle, info: DistInfo) -> int:
+    per_rank = math.ceil(len(data.train) / info.world_size)
+    return per_rank // cfg.run.batch_size if per_rank > cfg.run.batch_size else 1  # as the loader's drop_last
+
+
+def build_network(cfg: TrainConfig, data: DataBundle, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """The model on ``device`` (channels-last if asked), and the options that rebuild it from a checkpoint."""
     m = cfg.model
     model, options = build_model(
         m.arch,
         len(data.class_names),
         data.preprocessing.input_size,
-        m.activation,
-        m.small_input_stem,
-        m.dropout,
-        m.pretrained,
-        m.init,
+        activation=m.activation,
+        small_input_stem=m.small_input_stem,
+        dropout=m.dropout,
+        pretrained=m.pretrained,
+        init=m.init,
     )
     model.to(device)
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    model_without_ddp = model
+    return model, options
+
+
+def build_session(cfg: TrainConfig, info: DistInfo, device: torch.device, run_dir: Path) -> Session:
+    data = build_datasets(cfg.data, cfg.model.arch, cfg.run.seed)
+    net, options = build_network(cfg, data, device)
+    model = net
     if info.enabled:
         model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.local_rank] if device.type == "cuda" else None
+            net, device_ids=[info.local_rank] if device.type == "cuda" else None
         )
-    optimizer = make_optimizer(cfg, model_without_ddp)
-    per_rank = math.ceil(len(data.train) / info.world_size)
-    steps = per_rank // cfg.run.batch_size if per_rank > cfg.run.batch_size else 1  # as the loader's drop_last
-    scheduler = make_scheduler(cfg, optimizer, steps)
+    optimizer = make_optimizer(cfg, net)
     precision = resolve_precision(cfg.run.precision, device)
-    ema = WeightAverage(model_without_ddp, cfg.optim.ema_decay, cfg.optim.ema_every) if cfg.optim.ema_decay else None
-    scaler = precision.scaler(device)
-    parts = (data, model, model_without_ddp, options, optimizer, scheduler, scaler, precision, run_dir, ema)
-    return Session(cfg, info, device, *parts)
-
-
-def make_checkpoint(
-    s: Session,
-    epoch: int,
-    metrics: dict[str, Any],
-    train_state: dict[str, Any] | None,
-    model_state: dict[str, torch.Tensor] | None = None,
-) -> Checkpoint:
-    """``model_state``: weights to store instead of the current ones (a remembered best epoch's)."""
-    if model_state is None:
-        model_state = {k: v.detach().cpu() for k, v in s.eval_model.state_dict().items()}
-    return Checkpoint(
-        arch=s.cfg.model.arch,
-        num_classes=len(s.data.class_names),
-        class_names=s.data.class_names,
-        preprocessing=s.data.preprocessing,
-        activation=s.cfg.model.activation,
-        model_options=s.model_options,
-        model_state=model_state,
-        config=config_to_dict(s.cfg),
-        metrics=metrics,
-        epoch=epoch,
-        dataset=s.cfg.data.name,
-        versions=library_versions(),
-        train_state=train_state,
+    # after the DDP wrap, which gives every rank rank 0's weights: the average starts from those
+    ema = WeightAverage(net, cfg.optim.ema_decay, cfg.optim.ema_every) if cfg.optim.ema_decay else None
+    return Session(
+        cfg=cfg,
+        info=info,
+        device=device,
+        data=data,
+        model=model,
+        model_without_ddp=net,
+        model_options=options,
+        optimizer=optimizer,
+        scheduler=make_scheduler(cfg, optimizer, steps_per_epoch(cfg, data, info)),
+        scaler=precision.scaler(device),
+        precision=precision,
+        run_dir=run_dir,
+        ema=ema,
     )
-
-
-def _train_state(s: Session, best: dict[str, float], history: list[dict[str, float]]) -> dict[str, Any]:
-    ema = None
-    if s.ema is not None:  # model_state holds the average; the raw weights training continues from live here
-        raw = {k: v.detach().cpu() for k, v in s.model_without_ddp.state_dict().items()}
-        ema = {"raw_model_state": raw, "steps": s.ema.steps}
-    return {
-        "ema": ema,
-        "optimizer": s.optimizer.state_dict(),
-        "scheduler": s.scheduler.state_dict(),
-        "scaler": s.scaler.state_dict() if s.scaler else None,
-        "best": best,
-        "history": history,
-        "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])},
-    }
-
-
-def _restore(s: Session) -> tuple[int, dict[str, float], list[dict[str, float]]]:
-    ckpt = load_checkpoint(s.run_dir / "checkpoints" / "last.pt", expected_arch=s.cfg.model.arch, with_train_state=True)
-    if ckpt.class_names != s.data.class_names:
-        raise ConvserveError("--resume: the dataset's classes differ from the checkpoint's")
-    state = ckpt.train_state or {}
-    if s.ema is not None:
-        if not state.get("ema"):
-            raise ConvserveError("--resume: the run's config asks for an EMA but its last.pt holds none")
-        s.model_without_ddp.load_state_dict(state["ema"]["raw_model_state"])
-        s.ema.load(ckpt.model_state, int(state["ema"]["steps"]))
-    else:
-        s.model_without_ddp.load_state_dict(ckpt.model_state)
-    s.optimizer.load_state_dict(state["optimizer"])
-    s.scheduler.load_state_dict(state["scheduler"])
-    if s.scaler is not None and state.get("scaler"):
-        s.scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["rng"]["torch"])
-    return ckpt.epoch + 1, dict(state["best"]), list(state["history"])
-
-
-def _epoch_row(epoch: int, train, val: EvalResult, lr: float) -> dict[str, float]:
-    return {
-        "epoch": epoch,
-        "train_loss": train.loss,
-        "train_acc1": train.acc1,
-        "train_acc5": train.acc5,
-        "val_loss": val.loss,
-        "val_acc1": val.acc1,
-        "val_acc5": val.acc5,
-        "lr": lr,
-        "epoch_seconds": train.seconds,
-    }
 
 
 def _log(info: DistInfo, message: str) -> None:
@@ -296,172 +217,117 @@ def _stop_if_diverged(loss: float, epoch: int, cfg: TrainConfig) -> None:
         )
 
 
-def is_better(val: EvalResult, best: dict[str, float]) -> bool:
-    """Higher val acc@1; on a tie, lower val loss (``select: best-val``).
-
-    On a small val split many epochs tie on accuracy (270 digits: one image is 0.37 %) while the loss keeps
-    improving as training settles; taking the first tied epoch picked an earlier one in 6 of 7 AlexNet digits
-    runs, e.g. test acc@1 99.26 % where the tie-broken (last) epoch gives 99.63 %.
-    """
-    if val.acc1 != best["val_acc1"]:
-        return val.acc1 > best["val_acc1"]
-    return val.loss < best.get("val_loss", float("inf"))
+def _epoch_line(row: EpochRow, epochs: int) -> str:
+    return (
+        f"epoch {row.epoch + 1}/{epochs}  train loss {row.train_loss:.4f} acc@1 {row.train_acc1:.2f}  "
+        f"val loss {row.val_loss:.4f} acc@1 {row.val_acc1:.2f} acc@5 {row.val_acc5:.2f}  {row.epoch_seconds:.1f}s"
+    )
 
 
-def save_checkpoints(
-    s: Session,
-    recorder: RunRecorder,
-    epoch: int,
-    row: dict[str, float],
-    best: dict[str, Any],
-    best_state: dict[str, torch.Tensor] | None,
-    best_on_disk: int,
-) -> int:
-    """Write last.pt (everything --resume needs) and bring best.pt up to date; returns best.pt's epoch.
-
-    Between saves (``checkpoint_every`` > 1) a better epoch lives in memory only: a killed run loses it with
-    the epochs after last.pt, and the resumed run replays them and finds it again.
-    """
-    folder = recorder.checkpoints
-    save_checkpoint(make_checkpoint(s, epoch, row, _train_state(s, best, recorder.history)), folder / "last.pt")
-    if best["epoch"] == epoch:  # the same bytes: a hard link instead of a second 100s-of-MB write
-        link_checkpoint(folder / "last.pt", folder / "best.pt")
-    elif best["epoch"] != best_on_disk and best_state is not None:
-        best_row = next(r for r in recorder.history if r["epoch"] == best["epoch"])
-        save_checkpoint(make_checkpoint(s, best["epoch"], best_row, None, model_state=best_state), folder / "best.pt")
-    return best["epoch"]
+def _evaluate_fp32(s: Session, model: nn.Module, loader: DataLoader, prefix: str) -> EvalResult:
+    """In fp32, as the exported model serves: best-val picks, and the summary reports, the accuracy users get
+    (autocast can score the same weights differently)."""
+    return evaluate(
+        model, loader, s.device, s.data.class_names, info=s.info, autocast=None, prefix=prefix, show_progress=False
+    )
 
 
-def fit(s: Session, resume: bool) -> tuple[dict[str, Any], float, int]:
-    """Train all epochs; returns (best, train_seconds, images_seen); best["state"] holds the best weights."""
+@dataclass
+class FitResult:
+    chosen: ChosenEpoch
+    weights: dict[str, torch.Tensor]  # the chosen epoch's, for the final test
+    top_val_acc1: float  # the highest of any epoch (the main rank's record; on the others the chosen one's)
+    train_seconds: float
+    images: int
+
+
+def fit(s: Session, resume: bool) -> FitResult:
+    """Train the epochs left; ``CheckpointKeeper`` chooses the epoch to keep and writes the checkpoints."""
     cfg, info = s.cfg, s.info
-    start, best, history = _restore(s) if resume else (0, {"val_acc1": -1.0, "epoch": -1}, [])
+    keeper = CheckpointKeeper(s)
+    history = keeper.restore() if resume else []
     recorder = RunRecorder(s.run_dir, history) if info.is_main else None
     train_loader, val_loader, _ = make_loaders(cfg, s.data, info, s.device)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
-    seconds, images, best_state = 0.0, 0, None
-    best_on_disk = best["epoch"]  # the epoch best.pt holds (resumed runs: as saved beside last.pt)
-    for epoch in range(start, cfg.run.epochs):
+    step = s.train_step()
+    seconds, images = 0.0, 0
+    for epoch in range(keeper.start_epoch, cfg.run.epochs):
         set_epoch_seed(cfg, train_loader, epoch, info)
-        stats = train_one_epoch(
-            s.model,
-            train_loader,
-            criterion,
-            s.optimizer,
-            s.scheduler,
-            s.device,
-            epoch,
-            info,
-            s.autocast,
-            s.scaler,
-            cfg.run.channels_last,
-            cfg.run.print_freq,
-            s.ema,
-        )
+        stats = train_one_epoch(step, train_loader, epoch, print_freq=cfg.run.print_freq)
         seconds, images = seconds + stats.seconds, images + stats.count
         _stop_if_diverged(stats.loss, epoch, cfg)
-        val = evaluate(
-            s.eval_model,
-            val_loader,
-            s.device,
-            s.data.class_names,
-            info,
-            None,  # fp32, as the exported model serves (best-val picks by the accuracy users will get)
-            prefix="Val: ",
-            show_progress=False,
-        )
-        row = _epoch_row(epoch, stats, val, s.optimizer.param_groups[0]["lr"])
-        if cfg.run.select == "last" or is_better(val, best):
-            best = {"val_acc1": val.acc1, "val_acc5": val.acc5, "val_loss": val.loss, "epoch": epoch}
-            if cfg.run.select == "best-val":  # "last": the weights in memory at the end are the chosen ones
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in s.eval_model.state_dict().items()}
-        _log(
-            info,
-            f"epoch {epoch + 1}/{cfg.run.epochs}  train loss {stats.loss:.4f} acc@1 {stats.acc1:.2f}  "
-            f"val loss {val.loss:.4f} acc@1 {val.acc1:.2f} acc@5 {val.acc5:.2f}  {stats.seconds:.1f}s",
-        )
+        val = _evaluate_fp32(s, s.eval_model, val_loader, prefix="Val: ")
+        row = EpochRow.measured(epoch, stats, val, s.optimizer.param_groups[0]["lr"])
+        _log(info, _epoch_line(row, cfg.run.epochs))
         if recorder is not None:
             recorder.log_epoch(row)
-            if (epoch + 1) % cfg.run.checkpoint_every == 0 or epoch + 1 == cfg.run.epochs:
-                best_on_disk = save_checkpoints(s, recorder, epoch, row, best, best_state, best_on_disk)
+        keeper.step(row, val, recorder.history if recorder is not None else None)
+    top = keeper.chosen.val_acc1
     if recorder is not None:
         recorder.close()
-        best["top_val_acc1"] = max((r["val_acc1"] for r in recorder.history), default=best["val_acc1"])
-    if cfg.run.select == "last" and start < cfg.run.epochs:
-        best_state = s.eval_model.state_dict()
-    return {**best, "state": best_state}, seconds, images
+        top = max((r.val_acc1 for r in recorder.history), default=top)
+    return FitResult(keeper.chosen, keeper.chosen_weights(), top, seconds, images)
 
 
-def final_test(s: Session, best_state: dict[str, torch.Tensor] | None) -> tuple[EvalResult, str]:
-    """Evaluate the best weights on the test split (val when the dataset has none — said in the summary)."""
-    if best_state is None:  # a resumed run that improved no further: best.pt holds them
-        if s.info.enabled:
-            torch.distributed.barrier()
-        best_state = load_checkpoint(s.run_dir / "checkpoints" / "best.pt", expected_arch=s.cfg.model.arch).model_state
-    s.model_without_ddp.load_state_dict(best_state)
+def final_test(s: Session, weights: dict[str, torch.Tensor]) -> tuple[EvalResult, str]:
+    """Evaluate ``weights`` on the test split (val when the dataset has none, as the summary says)."""
+    s.model_without_ddp.load_state_dict(weights)
     _, val_loader, test_loader = make_loaders(s.cfg, s.data, s.info, s.device)
     split = "test" if test_loader is not None else "val"
-    result = evaluate(
-        s.model_without_ddp,
-        test_loader or val_loader,
-        s.device,
-        s.data.class_names,
-        s.info,
-        None,  # fp32, as served (bf16 autocast here gave 98.52 % where the same weights serve 98.89 %)
-        prefix="Test: ",
-        show_progress=False,
+    return _evaluate_fp32(s, s.model_without_ddp, test_loader or val_loader, prefix="Test: "), split
+
+
+def summarize(s: Session, test: EvalResult, split: str, fitted: FitResult, wall: float) -> RunSummary:
+    images_per_s = fitted.images / fitted.train_seconds if fitted.train_seconds > 0 else None
+    summary = RunSummary(
+        arch=s.cfg.model.arch,
+        dataset=s.cfg.data.name,
+        test_split=split,
+        test_acc1=test.acc1,
+        test_acc5=test.acc5,
+        test_loss=test.loss,
+        test_count=test.count,
+        per_class_acc=test.per_class_acc,
+        confusion_matrix=test.confusion_matrix,
+        class_names=s.data.class_names,
+        best_epoch=fitted.chosen.epoch,
+        best_val_acc1=fitted.top_val_acc1,
+        selected_by=s.cfg.run.select,
+        selected_val_acc1=fitted.chosen.val_acc1,
+        epochs=s.cfg.run.epochs,
+        wall_time_s=wall,
+        train_time_s=fitted.train_seconds,
+        images_per_s=images_per_s,
+        precision=s.precision.precision,
+        precision_reason=s.precision.reason,
+        peak_rss_mb=peak_rss_mb(),
+        peak_gpu_mem_mb=peak_gpu_mb(s.device),
+        device=str(s.device),
+        world_size=s.info.world_size,
+        input_size=s.data.preprocessing.input_size,
+        num_params=sum(p.numel() for p in s.model_without_ddp.parameters()),
     )
-    return result, split
+    if not s.info.is_main:  # one rank measures the machine: the others would share it
+        return summary
+    # measured after the peak memory is read: the measurement's buffers are not the run's
+    return replace(summary, rate=rate_fields(s, images_per_s))
 
 
-def summarize(s: Session, test: EvalResult, split: str, best: dict, seconds: float, images: int, wall: float) -> dict:
-    images_per_s = images / seconds if seconds > 0 else None
-    return {
-        "arch": s.cfg.model.arch,
-        "dataset": s.cfg.data.name,
-        "test_split": split,
-        "test_acc1": test.acc1,
-        "test_acc5": test.acc5,
-        "test_loss": test.loss,
-        "test_count": test.count,
-        "per_class_acc": test.per_class_acc,
-        "confusion_matrix": test.confusion_matrix,
-        "class_names": s.data.class_names,
-        "best_epoch": best["epoch"],  # the epoch best.pt holds, chosen as ``selected_by`` says
-        "best_val_acc1": best.get("top_val_acc1", best["val_acc1"]),  # the highest of any epoch
-        "selected_by": s.cfg.run.select,
-        "selected_val_acc1": best["val_acc1"],
-        "epochs": s.cfg.run.epochs,
-        "wall_time_s": wall,
-        "train_time_s": seconds,
-        "images_per_s": images_per_s,
-        "precision": s.precision.precision,
-        "precision_reason": s.precision.reason,
-        "peak_rss_mb": peak_rss_mb(),
-        "peak_gpu_mem_mb": peak_gpu_mb(s.device),
-        "device": str(s.device),
-        "world_size": s.info.world_size,
-        "input_size": s.data.preprocessing.input_size,
-        "num_params": sum(p.numel() for p in s.model_without_ddp.parameters()),
-        **(rate_fields(s, images_per_s) if s.info.is_main else {}),  # one rank measures: the others would share it
-    }
-
-
-def rate_fields(s: Session, images_per_s: float | None) -> dict[str, Any]:
+def rate_fields(s: Session, images_per_s: float | None) -> TrainingRate:
     return training_rate(
         s.model_without_ddp, s.data.preprocessing.input_size, s.device, s.precision.precision, images_per_s
     )
 
 
-def rate_line(summary: dict) -> str:
-    if not summary.get("train_gflops_per_s"):
+def rate_line(summary: RunSummary) -> str:
+    rate = summary.rate
+    if not rate or not rate["train_gflops_per_s"]:
         return " *   training rate not measured"
-    basis = summary["matmul_fraction_basis"]
+    basis = rate["matmul_fraction_basis"]
     return (
-        f" *   training {summary['images_per_s']:.1f} img/s x {summary['train_flops_per_image'] / 1e9:.3f} GFLOP = "
-        f"{summary['train_gflops_per_s']:.1f} GFLOP/s in {summary['precision']}: "
-        f"{100 * summary['matmul_fraction']:.0f} % of this machine's {basis} matmul rate "
-        f"({summary['matmul_gflops_per_s'][basis]:.0f} GFLOP/s, {summary['threads']} threads)"
+        f" *   training {summary.images_per_s:.1f} img/s x {rate['train_flops_per_image'] / 1e9:.3f} GFLOP = "
+        f"{rate['train_gflops_per_s']:.1f} GFLOP/s in {summary.precision}: "
+        f"{100 * rate['matmul_fraction']:.0f} % of this machine's {basis} matmul rate "
+        f"({rate['matmul_gflops_per_s'][basis]:.0f} GFLOP/s, {rate['threads']} threads)"
     )
 
 
@@ -472,41 +338,50 @@ def load_resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
     return build_config(read_yaml(run_dir / "config.yaml"), overrides)
 
 
-def run_training(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+def _start_run(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device) -> Session:
+    """Seed, claim the run folder, build the session; the main rank writes config.yaml and the run's first line."""
+    seed_everything(cfg.run.seed + info.rank, cfg.run.deterministic)
+    run_dir = _prepare_run_dir(cfg, resume, info)
+    cfg.run.output_dir = run_dir
+    s = build_session(cfg, info, device, run_dir)
+    cfg.run.precision = s.precision.precision  # config.yaml and checkpoints say what ran, not "auto"
+    if info.is_main:
+        dump_config(cfg, run_dir / "config.yaml")
+        if s.precision.warning:
+            log.warning(s.precision.warning)
+        log.info(
+            f"run folder {run_dir}  ({cfg.model.arch} on {cfg.data.name}, {len(s.data.train)} train / "
+            f"{len(s.data.val)} val images, {s.data.preprocessing.input_size}px, {device}, "
+            f"{s.precision.precision} ({s.precision.reason}), {torch.get_num_threads()} threads, "
+            f"world {info.world_size})"
+        )
+    return s
+
+
+def _finish_run(run_dir: Path, summary: RunSummary) -> None:
+    """The main rank's end of a run: summary.json, plots/ (curves, confusion matrix, per-class accuracy), log."""
+    RunRecorder.write_summary_to(run_dir, summary)
+    write_run_plots(run_dir)
+    log.info(
+        f" *   {summary.test_split} Acc@1 {summary.test_acc1:.3f} Acc@5 {summary.test_acc5:.3f}  "
+        f"({summary.test_count} images, best epoch {summary.best_epoch + 1}, {summary.wall_time_s:.1f}s wall)"
+    )
+    log.info(rate_line(summary))
+
+
+def run_training(cfg: TrainConfig, resume: bool = False) -> RunSummary:
     wall_start = time.perf_counter()
-    retain_freed_memory()  # before the first big tensor: halves a CPU step (see host_memory)
+    retain_freed_memory()  # before the first big tensor: steps then reuse freed memory (see host_memory)
     device = choose_device(cfg.run.device)
     info = init_distributed(device.type)
     set_training_threads(info)
     try:
-        seed_everything(cfg.run.seed + info.rank, cfg.run.deterministic)
-        run_dir = _prepare_run_dir(cfg, resume, info)
-        cfg.run.output_dir = run_dir
-        s = build_session(cfg, info, device, run_dir)
-        cfg.run.precision = s.precision.precision  # config.yaml and checkpoints say what ran, not "auto"
+        s = _start_run(cfg, resume, info, device)
+        fitted = fit(s, resume)
+        test, split = final_test(s, fitted.weights)
+        summary = summarize(s, test, split, fitted, time.perf_counter() - wall_start)
         if info.is_main:
-            dump_config(cfg, run_dir / "config.yaml")
-            if s.precision.warning:
-                log.warning(s.precision.warning)
-            _log(
-                info,
-                f"run folder {run_dir}  ({cfg.model.arch} on {cfg.data.name}, {len(s.data.train)} train / "
-                f"{len(s.data.val)} val images, {s.data.preprocessing.input_size}px, {device}, "
-                f"{s.precision.precision} ({s.precision.reason}), {torch.get_num_threads()} threads, "
-                f"world {info.world_size})",
-            )
-        best, seconds, images = fit(s, resume)
-        test, split = final_test(s, best.pop("state"))
-        summary = summarize(s, test, split, best, seconds, images, time.perf_counter() - wall_start)
-        if info.is_main:
-            RunRecorder.write_summary_to(run_dir, summary)
-            write_run_plots(run_dir)  # plots/: curves, confusion matrix, per-class accuracy
-            _log(
-                info,
-                f" *   {split} Acc@1 {test.acc1:.3f} Acc@5 {test.acc5:.3f}  ({test.count} images, best epoch "
-                f"{best['epoch'] + 1}, {summary['wall_time_s']:.1f}s wall)",
-            )
-            _log(info, rate_line(summary))
+            _finish_run(s.run_dir, summary)
         return summary
     finally:
         shutdown_distributed(info)

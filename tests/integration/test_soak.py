@@ -1,5 +1,5 @@
 """Soak and fault runs against a real TorchServe started the way a user starts one (serve.py in the background,
-then serving/soak.py with its URL and run folder), in their short mode: a few seconds of real load each.
+then loadtest/soak.py with its URL and run folder), in their short mode: a few seconds of real load each.
 
 A digits MLP exported to ONNX and archived with the default settings (batching included) serves. The assertions
 are about behaviour (answers, worker processes, recovery, ports, processes), never about speed.
@@ -94,7 +94,7 @@ def test_a_killed_worker_is_replaced_and_no_request_hangs(server, images):
 
 
 def test_graceful_stop_under_load_frees_the_ports_and_leaves_no_process(store, images, tmp_path):
-    """Through the CLI, as a user runs it: serving/soak.py --fault graceful-stop --output report.json."""
+    """Through the CLI, as a user runs it: loadtest/soak.py --fault graceful-stop --output report.json."""
     run_dir = tmp_path / "run"
     url = start_server(store, run_dir)
     cmd = [sys.executable, "loadtest/soak.py", "--url", url, "--run-dir", str(run_dir), "--images", *map(str, images)]

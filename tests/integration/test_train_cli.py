@@ -15,7 +15,8 @@ import pytest
 import torch
 import yaml
 
-from convserve.training import trainer
+from convserve.training import checkpoint_keeper
+from convserve.training.results import ChosenEpoch
 from tests.conftest import PYTHON, REPO, train_digits
 
 pytestmark = pytest.mark.slow
@@ -87,7 +88,7 @@ def test_checkpoint_every_still_leaves_the_best_and_the_last_epoch(tmp_path, mon
     1 on one CPU and epoch 3 on another), so this run's validation rule is pinned to "the first epoch": the
     training, the writes and the final test are real.
     """
-    monkeypatch.setattr(trainer, "is_better", lambda val, best: best["epoch"] < 0)
+    monkeypatch.setattr(checkpoint_keeper, "is_better", lambda val, best: best.epoch < 0)
     run = train_digits(tmp_path / "sparse", "mlp", 3, checkpoint_every=2, select="best-val")
     summary = json.loads((run / "summary.json").read_text())
     last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
@@ -104,11 +105,12 @@ def test_checkpoint_every_still_leaves_the_best_and_the_last_epoch(tmp_path, mon
 
 
 def test_best_val_prefers_accuracy_then_the_lower_loss():
-    best = {"val_acc1": 98.0, "val_loss": 0.20, "epoch": 3}
-    assert trainer.is_better(SimpleNamespace(acc1=98.5, loss=0.90), best)
-    assert trainer.is_better(SimpleNamespace(acc1=98.0, loss=0.10), best)
-    assert not trainer.is_better(SimpleNamespace(acc1=98.0, loss=0.20), best)  # a full tie keeps the earlier
-    assert not trainer.is_better(SimpleNamespace(acc1=97.9, loss=0.01), best)
+    best = ChosenEpoch(epoch=3, val_acc1=98.0, val_loss=0.20)
+    is_better = checkpoint_keeper.is_better
+    assert is_better(SimpleNamespace(acc1=98.5, loss=0.90), best)
+    assert is_better(SimpleNamespace(acc1=98.0, loss=0.10), best)
+    assert not is_better(SimpleNamespace(acc1=98.0, loss=0.20), best)  # a full tie keeps the earlier
+    assert not is_better(SimpleNamespace(acc1=97.9, loss=0.01), best)
 
 
 def test_a_diverging_run_stops_with_one_line_and_keeps_its_run_folder(tmp_path):

@@ -160,16 +160,26 @@ def test_a_folder_that_is_not_ours_needs_force(tmp_path, kind):
 def test_force_over_another_model_deletes_only_the_files_its_card_listed(tmp_path):
     folder = artifact_folder(tmp_path, identity="c" * 64)
     (folder / "notes.txt").write_text("mine")
-    outside = tmp_path / "outside.onnx"
-    outside.write_bytes(b"not in the folder")
-    card = read_card(folder)
-    hostile = ModelFile(path="../outside.onnx", format="onnx-int8", sha256="0" * 64, size_bytes=1)
-    write_card(folder, card.model_copy(update={"files": [*card.files, hostile]}))
     with claim_folder(folder, "a" * 64, ["model.ts.pt"], force=True) as claim:
         assert claim.card is None  # a fresh card for the new source
         claim.commit()
     assert not (folder / "model.onnx").exists()
-    assert (folder / "notes.txt").read_text() == "mine" and outside.exists()
+    assert (folder / "notes.txt").read_text() == "mine"
+
+
+def test_force_over_a_card_naming_a_file_outside_deletes_nothing_outside(tmp_path):
+    folder = artifact_folder(tmp_path, identity="c" * 64)
+    outside = tmp_path / "outside.onnx"
+    outside.write_bytes(b"not in the folder")
+    card = json.loads((folder / CARD_FILE).read_text())
+    card["files"].append({"path": "../outside.onnx", "format": "onnx-int8", "sha256": "0" * 64, "size_bytes": 1})
+    (folder / CARD_FILE).write_text(json.dumps(card))  # written by hand: the card model refuses such a path
+    with pytest.raises(ConvserveError, match="'../outside.onnx' is not inside the artifact folder"):
+        try_claim(folder, "a" * 64, ["model.ts.pt"], force=False)
+    with claim_folder(folder, "a" * 64, ["model.ts.pt"], force=True) as claim:
+        assert claim.card is None
+        claim.commit()
+    assert outside.read_bytes() == b"not in the folder"
 
 
 def test_an_unwritable_output_folder_is_a_one_line_error(tmp_path):

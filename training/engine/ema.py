@@ -2,7 +2,8 @@
 
 Training updates the raw weights; validation, ``best.pt`` and therefore export and serving see the average,
 which on small data is steadier than any single step's weights. Updating costs one pass over the weights
-(AlexNet: ~700 MB of memory traffic), hence ``every``: the average is updated once every ``every`` steps.
+(memory traffic of the model's size, large for AlexNet), hence ``every``: the average is updated once every
+``every`` steps.
 """
 
 from __future__ import annotations

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -11,8 +10,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from convserve.training.engine.distributed import DistInfo, all_reduce_sum
-from convserve.training.engine.meters import AverageMeter, ProgressMeter, accuracy, correct_counts
-from convserve.training.engine.progress import Progress
+from convserve.training.engine.meters import AverageMeter, correct_counts
+from convserve.training.engine.progress import ProgressMeter
 
 
 @dataclass
@@ -39,11 +38,60 @@ class EvalResult:
         }
 
 
+class _Tally:
+    """A split's loss, top-1/top-5 hits and confusion matrix (summable across ranks), and per-sample top-5."""
+
+    def __init__(self, class_names: list[str], collect: bool):
+        self.class_names, self.collect = class_names, collect
+        self.criterion = nn.CrossEntropyLoss(reduction="sum")
+        self.sums = torch.zeros(4, dtype=torch.float64)  # loss, correct@1, correct@5, count
+        self.confusion = torch.zeros(len(class_names), len(class_names), dtype=torch.int64)
+        self.top5: list[list[int]] = []
+        self.top5_prob: list[list[float]] = []
+        self.targets: list[int] = []
+
+    def add(self, output: torch.Tensor, target: torch.Tensor) -> tuple[float, int, int]:
+        """One batch; returns its summed loss and top-1/top-5 hits."""
+        loss = self.criterion(output, target).item()
+        c1, c5 = correct_counts(output, target)
+        self.sums += torch.tensor([loss, c1, c5, target.numel()], dtype=torch.float64)
+        pred = output.argmax(1)
+        self.confusion.index_put_((target.cpu(), pred.cpu()), torch.ones_like(target.cpu()), accumulate=True)
+        if self.collect:
+            prob, idx = output.softmax(1).topk(min(5, len(self.class_names)), 1)
+            self.top5 += idx.tolist()
+            self.top5_prob += prob.tolist()
+            self.targets += target.tolist()
+        return loss, c1, c5
+
+    def result(self, info: DistInfo) -> EvalResult:
+        all_reduce_sum(self.sums, info)
+        all_reduce_sum(self.confusion, info)
+        loss_sum, c1, c5, count = self.sums.tolist()
+        confusion = self.confusion
+        per_class = {
+            name: (confusion[k, k].item() / row if (row := confusion[k].sum().item()) else None)
+            for k, name in enumerate(self.class_names)
+        }
+        return EvalResult(
+            loss=loss_sum / max(count, 1),
+            acc1=100.0 * c1 / max(count, 1),
+            acc5=100.0 * c5 / max(count, 1),
+            count=int(count),
+            per_class_acc=per_class,
+            confusion_matrix=confusion.tolist(),
+            top5=self.top5,
+            top5_prob=self.top5_prob,
+            targets=self.targets,
+        )
+
+
 def evaluate(
     model: nn.Module,
     loader: DataLoader,
     device: torch.device,
     class_names: list[str],
+    *,
     info: DistInfo = DistInfo(),
     autocast: contextlib.AbstractContextManager | None = None,
     prefix: str = "Test: ",
@@ -51,56 +99,29 @@ def evaluate(
     show_progress: bool = True,
     collect: bool = False,
 ) -> EvalResult:
-    n = len(class_names)
-    criterion = nn.CrossEntropyLoss(reduction="sum")
-    sums = torch.zeros(4, dtype=torch.float64)  # loss, correct@1, correct@5, count
-    confusion = torch.zeros(n, n, dtype=torch.int64)
-    batch_time, losses = AverageMeter("Time", ":6.3f"), AverageMeter("Loss", ":.4e")
-    top1, top5 = AverageMeter("Acc@1", ":6.2f"), AverageMeter("Acc@5", ":6.2f")
-    meter = ProgressMeter(len(loader), [batch_time, losses, top1, top5], prefix=prefix)
-    progress = Progress(len(loader), prefix.strip(": "), print_freq, enabled=show_progress and info.is_main)
-    result_top5, result_prob, result_targets = [], [], []
+    """``collect``: keep each sample's top-5 classes and probabilities (single process)."""
+    tally = _Tally(class_names, collect)
+    progress = ProgressMeter(
+        len(loader),
+        prefix=prefix,
+        desc=prefix.strip(": "),
+        meters={
+            "loss": AverageMeter("Loss", ":.4e"),
+            "acc1": AverageMeter("Acc@1", ":6.2f"),
+            "acc5": AverageMeter("Acc@5", ":6.2f"),
+        },
+        bar={"acc1": ".2f"},
+        print_freq=print_freq,
+        enabled=show_progress and info.is_main,
+    )
     model.eval()
-    end = time.perf_counter()
     with torch.inference_mode():
         for i, (images, target) in enumerate(loader, start=1):
             images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
             with autocast or contextlib.nullcontext():
                 output = model(images)
-            output = output.float()
-            loss = criterion(output, target)
-            c1, c5 = correct_counts(output, target)
-            sums += torch.tensor([loss.item(), c1, c5, target.numel()], dtype=torch.float64)
-            pred = output.argmax(1)
-            confusion.index_put_((target.cpu(), pred.cpu()), torch.ones_like(target.cpu()), accumulate=True)
-            if collect:
-                prob, idx = output.softmax(1).topk(min(5, n), 1)
-                result_top5 += idx.tolist()
-                result_prob += prob.tolist()
-                result_targets += target.tolist()
-            a1, a5 = accuracy(output, target, (1, 5))
-            losses.update(loss.item() / target.numel(), target.numel())
-            top1.update(a1, target.numel())
-            top5.update(a5, target.numel())
-            batch_time.update(time.perf_counter() - end)
-            end = time.perf_counter()
-            progress.update(i, lambda i=i: meter.line(i), {"acc1": f"{top1.avg:.2f}"})
+            loss, c1, c5 = tally.add(output.float(), target)
+            n = target.numel()
+            progress.update(i, n, loss=loss / n, acc1=100.0 * c1 / n, acc5=100.0 * c5 / n)
     progress.close()
-    all_reduce_sum(sums, info)
-    all_reduce_sum(confusion, info)
-    loss_sum, c1, c5, count = sums.tolist()
-    per_class = {
-        name: (confusion[k, k].item() / row if (row := confusion[k].sum().item()) else None)
-        for k, name in enumerate(class_names)
-    }
-    return EvalResult(
-        loss=loss_sum / max(count, 1),
-        acc1=100.0 * c1 / max(count, 1),
-        acc5=100.0 * c5 / max(count, 1),
-        count=int(count),
-        per_class_acc=per_class,
-        confusion_matrix=confusion.tolist(),
-        top5=result_top5,
-        top5_prob=result_prob,
-        targets=result_targets,
-    )
+    return tally.result(info)

@@ -1,4 +1,4 @@
-"""AverageMeter / ProgressMeter and the top-k accuracy helper, after pytorch/examples imagenet."""
+"""AverageMeter and the top-k hit counter, after pytorch/examples imagenet."""
 
 from __future__ import annotations
 
@@ -19,25 +19,6 @@ class AverageMeter:
 
     def __str__(self) -> str:
         return ("{name} {val" + self.fmt + "} ({avg" + self.fmt + "})").format(**self.__dict__)
-
-
-class ProgressMeter:
-    def __init__(self, num_batches: int, meters: list[AverageMeter], prefix: str = ""):
-        digits = len(str(num_batches))
-        self.batch_fmt = "[{:" + str(digits) + "d}/" + str(num_batches) + "]"
-        self.meters, self.prefix = meters, prefix
-
-    def line(self, batch: int) -> str:
-        return "\t".join([self.prefix + self.batch_fmt.format(batch)] + [str(m) for m in self.meters])
-
-
-def accuracy(output: torch.Tensor, target: torch.Tensor, topk: tuple[int, ...] = (1,)) -> list[float]:
-    """Percent of samples whose target is among the k highest outputs, for each k (k capped at #classes)."""
-    with torch.no_grad():
-        maxk = min(max(topk), output.shape[1])
-        _, pred = output.topk(maxk, 1, True, True)
-        correct = pred.t().eq(target.view(1, -1).expand_as(pred.t()))
-        return [correct[: min(k, maxk)].reshape(-1).float().sum().item() * 100.0 / target.size(0) for k in topk]
 
 
 def correct_counts(output: torch.Tensor, target: torch.Tensor, topk: tuple[int, ...] = (1, 5)) -> list[int]:

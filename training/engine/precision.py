@@ -1,7 +1,7 @@
 """Which arithmetic a run trains in: the fastest one the device really has, unless the user says otherwise.
 
 ``auto`` (the default): bf16 autocast on a CPU with native bf16 (AVX512-BF16 or AMX) and fp32 on one
-without, where bf16 is only emulated and a step is ~20x slower; bf16 on a CUDA GPU that has it, fp16 with a
+without, where bf16 is only emulated and a step many times slower; bf16 on a CUDA GPU that has it, fp16 with a
 GradScaler on one that does not. ``amp`` (``--amp``): the device's low precision even where it is emulated.
 """
 

@@ -1,30 +1,57 @@
-"""Progress: a tqdm bar on a terminal, plain ``[ 10/40] ...`` lines every ``print_freq`` batches otherwise."""
+"""One loop's progress: its running averages, shown as a tqdm bar on a terminal and otherwise as a plain
+``Epoch: [0][10/40]  Time ...  Loss ...`` line every ``print_freq`` batches."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+import time
 
 from tqdm import tqdm
 
+from convserve.training.engine.meters import AverageMeter
 
-class Progress:
-    def __init__(self, total: int, desc: str, print_freq: int = 20, enabled: bool = True):
-        self.total, self.print_freq, self.enabled = total, print_freq, enabled
+
+class ProgressMeter:
+    """``meters``: what each batch reports, by key, shown in this order after the batch time; ``bar``: the keys
+    the tqdm bar shows and the format of their averages."""
+
+    def __init__(
+        self,
+        total: int,
+        prefix: str,
+        desc: str,
+        meters: dict[str, AverageMeter],
+        bar: dict[str, str],
+        print_freq: int = 20,
+        enabled: bool = True,
+    ):
+        self.total, self.prefix, self.print_freq, self.enabled = total, prefix, print_freq, enabled
+        self.batch_time, self.meters, self.bar_fields = AverageMeter("Time", ":6.3f"), meters, bar
+        self.batch_fmt = "[{:" + str(len(str(total))) + "d}/" + str(total) + "]"
         self.bar = (
             tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True) if enabled and sys.stderr.isatty() else None
         )
+        self._end = time.perf_counter()
 
-    def update(self, batch: int, line: Callable[[], str], postfix: dict[str, str] | None = None) -> None:
-        """``batch`` counts from 1; ``line`` builds the plain-text line only when it is printed."""
+    def update(self, batch: int, n: int, **values: float) -> None:
+        """``batch`` counts from 1; ``values``: this batch's value for each meter, over ``n`` samples."""
+        for key, value in values.items():
+            self.meters[key].update(value, n)
+        now = time.perf_counter()
+        self.batch_time.update(now - self._end)
+        self._end = now
         if not self.enabled:
             return
         if self.bar is not None:
             self.bar.update(1)
-            if postfix:
-                self.bar.set_postfix(postfix, refresh=False)
+            postfix = {key: format(self.meters[key].avg, fmt) for key, fmt in self.bar_fields.items()}
+            self.bar.set_postfix(postfix, refresh=False)
         elif batch % self.print_freq == 0 or batch == self.total:
-            print(line(), flush=True)
+            print(self.line(batch), flush=True)
+
+    def line(self, batch: int) -> str:
+        shown = [self.batch_time, *self.meters.values()]
+        return "\t".join([self.prefix + self.batch_fmt.format(batch)] + [str(m) for m in shown])
 
     def close(self) -> None:
         if self.bar is not None:

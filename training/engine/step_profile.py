@@ -12,10 +12,10 @@ import time
 from typing import Any
 
 import torch
-from torch import nn
 from torch.profiler import ProfilerActivity, profile
+from torch.utils.data import DataLoader
 
-from convserve.training.engine.train_loop import train_one_epoch
+from convserve.training.engine.train_loop import EpochStats, TrainStep, train_one_epoch
 
 GROUPS = {
     "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear"),
@@ -45,16 +45,11 @@ def group_of(op_name: str) -> str:
     return "other"
 
 
-def profile_epoch(session: Any, train_loader, epoch: int = 1) -> dict[str, Any]:
+def profile_epoch(step: TrainStep, train_loader: DataLoader, epoch: int = 1) -> dict[str, Any]:
     """Run one warm-up epoch, one timed epoch, one data-only pass and one profiled epoch; seconds per group."""
-    s = session
-    criterion = nn.CrossEntropyLoss(label_smoothing=s.cfg.optim.label_smoothing)
 
-    def one(e: int):
-        return train_one_epoch(
-            s.model, train_loader, criterion, s.optimizer, s.scheduler, s.device, e, s.info, s.autocast,
-            s.scaler, s.cfg.run.channels_last, 10**9, s.ema,
-        )  # fmt: skip
+    def one(e: int) -> EpochStats:
+        return train_one_epoch(step, train_loader, e, print_freq=10**9)
 
     one(0)
     start = time.perf_counter()

@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader
 
 from convserve.training.engine.distributed import DistInfo, all_reduce_sum
 from convserve.training.engine.ema import WeightAverage
-from convserve.training.engine.meters import AverageMeter, ProgressMeter, correct_counts
-from convserve.training.engine.progress import Progress
+from convserve.training.engine.meters import AverageMeter, correct_counts
+from convserve.training.engine.progress import ProgressMeter
 
 
 @dataclass
@@ -25,55 +25,63 @@ class EpochStats:
     seconds: float
 
 
-def train_one_epoch(
-    model: nn.Module,
-    loader: DataLoader,
-    criterion: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    device: torch.device,
-    epoch: int,
-    info: DistInfo,
-    autocast: contextlib.AbstractContextManager | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    channels_last: bool = False,
-    print_freq: int = 20,
-    ema: WeightAverage | None = None,
-) -> EpochStats:
-    model.train()
-    sums = torch.zeros(4, dtype=torch.float64)  # loss*n, correct@1, correct@5, n
-    batch_time, losses = AverageMeter("Time", ":6.3f"), AverageMeter("Loss", ":.4e")
-    top1 = AverageMeter("Acc@1", ":6.2f")
-    meter = ProgressMeter(len(loader), [batch_time, losses, top1], prefix=f"Epoch: [{epoch}]")
-    progress = Progress(len(loader), f"epoch {epoch}", print_freq, enabled=info.is_main)
-    start = end = time.perf_counter()
-    for i, (images, target) in enumerate(loader, start=1):
-        images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
-        if channels_last:
+@dataclass(frozen=True)
+class TrainStep:
+    """Everything one optimisation step uses, the same for every step of a run."""
+
+    model: nn.Module  # DDP-wrapped under torchrun
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+    info: DistInfo = DistInfo()
+    autocast: contextlib.AbstractContextManager | None = None
+    scaler: torch.amp.GradScaler | None = None
+    channels_last: bool = False
+    ema: WeightAverage | None = None
+
+    def run(self, images: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, backward, optimizer, LR and weight-average step on one batch; returns (output, loss)."""
+        if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with autocast or contextlib.nullcontext():
-            output = model(images)
-            loss = criterion(output, target)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        with self.autocast or contextlib.nullcontext():
+            output = self.model(images)
+            loss = self.criterion(output, target)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         else:
             loss.backward()
-            optimizer.step()
-        scheduler.step()
-        if ema is not None:
-            ema.step()
-        n = target.numel()
+            self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.step()
+        return output, loss
+
+
+def train_one_epoch(step: TrainStep, loader: DataLoader, epoch: int, print_freq: int = 20) -> EpochStats:
+    step.model.train()
+    sums = torch.zeros(4, dtype=torch.float64)  # loss*n, correct@1, correct@5, n: summable across ranks
+    progress = ProgressMeter(
+        len(loader),
+        prefix=f"Epoch: [{epoch}]",
+        desc=f"epoch {epoch}",
+        meters={"loss": AverageMeter("Loss", ":.4e"), "acc1": AverageMeter("Acc@1", ":6.2f")},
+        bar={"loss": ".3f", "acc1": ".1f"},
+        print_freq=print_freq,
+        enabled=step.info.is_main,
+    )
+    start = time.perf_counter()
+    for i, (images, target) in enumerate(loader, start=1):
+        images, target = images.to(step.device, non_blocking=True), target.to(step.device, non_blocking=True)
+        output, loss = step.run(images, target)
+        n, loss_value = target.numel(), loss.item()
         c1, c5 = correct_counts(output.detach().float(), target)
-        sums += torch.tensor([loss.item() * n, c1, c5, n], dtype=torch.float64)
-        losses.update(loss.item(), n)
-        top1.update(100.0 * c1 / n, n)
-        batch_time.update(time.perf_counter() - end)
-        end = time.perf_counter()
-        progress.update(i, lambda i=i: meter.line(i), {"loss": f"{losses.avg:.3f}", "acc1": f"{top1.avg:.1f}"})
+        sums += torch.tensor([loss_value * n, c1, c5, n], dtype=torch.float64)
+        progress.update(i, n, loss=loss_value, acc1=100.0 * c1 / n)
     progress.close()
-    all_reduce_sum(sums, info)
+    all_reduce_sum(sums, step.info)
     loss_sum, c1, c5, count = sums.tolist()
     return EpochStats(loss_sum / count, 100.0 * c1 / count, 100.0 * c5 / count, int(count), time.perf_counter() - start)
