@@ -20,7 +20,6 @@ from convserve.hardware.procfs import cpu_by_role, torchserve_memory, torchserve
 from convserve.loadtest.loadgen import LoadPlan, LoadResult, Payload, run_load_sync
 from convserve.serving.archive_builder import build_archive
 from convserve.serving.archive_settings import ArchiveSettings, HandlerSettings
-from convserve.serving.server_lifecycle import free_port
 from convserve.serving.torchserve_process import ServerSettings, TorchServeProcess
 
 STOCK = "stock"
@@ -108,15 +107,7 @@ def _cpu_per_request(before: dict, after: dict, result: LoadResult, warmup: int)
 
 def serve_one(plan: ServedPlan, kind: str, batching: Batching, archive: Path) -> ServedResult:
     name = archive.stem
-    settings = ServerSettings(
-        model_store=archive.parent,
-        models={name: archive.name},
-        port=free_port(),
-        management_port=free_port(),
-        metrics_port=free_port(),
-        run_dir=plan.work_dir / "servers" / name,
-        startup_timeout=plan.startup_timeout_s,
-    )
+    settings = ServerSettings.one_archive(archive, plan.work_dir / "servers" / name, plan.startup_timeout_s)
     with TorchServeProcess(settings) as server:
         loads, cpu = _loads(plan, server.predictions_url(name), server.proc.pid)
         memory = torchserve_memory(server.proc.pid)

@@ -193,15 +193,7 @@ def torchserve_target(plan: ComparisonPlan, archive: Path) -> Iterator[tuple[Tar
     """TorchServe serving one archive (its file name is the model's) from its own run folder, as a target, with
     its cold start in seconds; stopped on leaving."""
     name = archive.stem
-    settings = ServerSettings(
-        model_store=archive.parent,
-        models={name: archive.name},
-        port=free_port(),
-        management_port=free_port(),
-        metrics_port=free_port(),
-        run_dir=plan.work_dir / "servers" / name,
-        startup_timeout=plan.startup_timeout_s,
-    )
+    settings = ServerSettings.one_archive(archive, plan.work_dir / "servers" / name, plan.startup_timeout_s)
     with TorchServeProcess(settings) as server:
         payloads, headers = torchserve_payloads(plan)
         processes = partial(torchserve_processes, server.proc.pid)

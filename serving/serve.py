@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from convserve.common.errors import ConvserveError, run_cli
-from convserve.serving.server_lifecycle import stop_recorded
+from convserve.serving.server_lifecycle import stop_and_tell
 from convserve.serving.torchserve_process import ServerSettings, run_server
 
 
@@ -44,9 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.stop:
-        how = stop_recorded(args.run_dir)
-        print(f"stopped ({how})" if how else f"no running server recorded in {args.run_dir}")
-        return 0
+        return stop_and_tell(args.run_dir)
     if args.model_store is None:
         raise ConvserveError("--model-store is required")
     settings = ServerSettings(

@@ -20,7 +20,7 @@ from convserve.artifact.card import read_card
 from convserve.common.errors import CliParser, ConvserveError, run_cli, validation_message
 from convserve.serving.classifier import TOP_K
 from convserve.serving.kserve_process import TOKEN_ENV, KServeProcess, V2ServerSettings, run_v2_server
-from convserve.serving.server_lifecycle import stop_recorded
+from convserve.serving.server_lifecycle import stop_and_tell
 
 
 def build_parser() -> CliParser:
@@ -55,9 +55,7 @@ def read_token(args) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.stop:
-        how = stop_recorded(args.run_dir)
-        print(f"stopped ({how})" if how else f"no running server recorded in {args.run_dir}")
-        return 0
+        return stop_and_tell(args.run_dir)
     if args.artifact is None:
         raise ConvserveError("give the artifact folder to serve (or --stop --run-dir DIR)")
     try:
@@ -79,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli() -> None:
-    """The ``convserve-serve-v2`` entry point: ``main`` behind the one-line error edge."""
+    """Run as a script: ``main`` behind the one-line error edge, as ``convserve <command>`` runs it."""
     run_cli(main)
 
 

@@ -174,6 +174,13 @@ def stop_recorded(run_dir: Path, timeout: float = 30.0) -> str | None:
     return how
 
 
+def stop_and_tell(run_dir: Path, say=print) -> int:
+    """A CLI's ``--stop --run-dir``: stop the recorded server and say how; exit code 0 either way."""
+    how = stop_recorded(run_dir)
+    say(f"stopped ({how})" if how else f"no running server recorded in {run_dir}")
+    return 0
+
+
 def serve_in_front(server, usage, what: str, cli: str, foreground: bool, say=print, forget: Path | None = None) -> int:
     """Start ``server`` (either server's process class) and wait until it answers; foreground: serve until
     SIGINT/SIGTERM, then stop it (and remove ``forget``, its recorded state). Returns the CLI's exit code."""

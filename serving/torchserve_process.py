@@ -60,6 +60,19 @@ class ServerSettings:
         """On whenever anything listens beyond loopback (management always stays on 127.0.0.1)."""
         return not is_loopback(self.host)
 
+    @classmethod
+    def one_archive(cls, archive: Path, run_dir: Path, startup_timeout: float = 300.0) -> ServerSettings:
+        """One archive (its file name is the model's) on free loopback ports: a server an experiment starts."""
+        return cls(
+            model_store=archive.parent,
+            models={archive.stem: archive.name},
+            port=free_port(),
+            management_port=free_port(),
+            metrics_port=free_port(),
+            run_dir=run_dir,
+            startup_timeout=startup_timeout,
+        )
+
 
 def render_config(settings: ServerSettings, grpc_ports: tuple[int, int]) -> str:
     """serving/config.properties with this server's addresses, store and limits filled in."""
