@@ -1,6 +1,7 @@
 # convserve — `make demo` and `make test` work from a fresh clone on a fresh machine.
 SHELL := /bin/bash
-PY ?= python3.11
+# PY=python3.12 (a name or a path) picks the interpreter; by default scripts/find_python.sh does
+PY ?=
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -11,7 +12,7 @@ PORT ?= 8080
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/install.sh
+$(STAMP): pyproject.toml scripts/install.sh scripts/find_python.sh
 	bash scripts/install.sh $(PY) $(VENV)
 	touch $(STAMP)
 

@@ -1,12 +1,11 @@
 """Keep freed host memory in the process instead of handing it back to the kernel after every step.
 
-glibc serves every allocation above 32 MB with its own mmap and unmaps it on free. A training step on the
-CPU allocates and frees hundreds of MB of such tensors (AlexNet: the fp32 gradients of the 151 MB ``fc6``
-weight, autocast's bf16 weight copies), so each step page-faults and zero-fills them again: on 2 cores
-40 % of the run was kernel time, and an AlexNet step at batch 32 took 259 ms instead of 149 ms.
-Allocating from the heap and not trimming it makes those pages reusable; the price is that the process
-keeps its peak footprint until it exits (AlexNet on digits: peak RSS 2,145 → 2,464 MB), which a training run
-mostly does anyway.
+glibc serves every large allocation with its own mmap and unmaps it on free. A training step on the CPU
+allocates and frees many such tensors (AlexNet: the fp32 gradients of its largest dense weight, autocast's
+bf16 weight copies), so each step page-faults and zero-fills them again, and kernel time takes a large share
+of the run (docs/benchmarks: the step time with and without). Allocating from the heap and not trimming it
+makes those pages reusable; the price is that the process keeps its peak footprint until it exits, which a
+training run mostly does anyway.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def save_checkpoint(ckpt: Checkpoint, path: Path, durable: bool = False) -> None
     """Write atomically: a temp file in the same folder, then rename over the target.
 
     A killed process never leaves a partial file behind the name; ``durable`` adds an fsync for power loss
-    (seconds per save for AlexNet-sized files, so per-epoch saves skip it).
+    (slow for AlexNet-sized files, so per-epoch saves skip it).
     """
     path = Path(path)
     try:

@@ -101,9 +101,8 @@ class RunConfig(_Strict):
     # last.pt carries the optimizer state (for AlexNet + AdamW several times the weights): writing it every
     # epoch costs CPU time a short run notices
     checkpoint_every: int = Field(1, ge=1, description="write last.pt every N epochs and after the last one")
-    # On a small val split the best-scoring epoch is mostly noise (270 digits: one image is 0.37 %): in 13 AlexNet
-    # digits runs the last epoch tested as well or better than the val-picked one every time (bf16 seed 0:
-    # 98.52 -> 99.26 %), as the cosine schedule's end is where the weights settle.
+    # On a small val split the best-scoring epoch is mostly noise (one image moves the score by a visible step),
+    # while the cosine schedule's end is where the weights settle (docs/benchmarks: how the two compared).
     select: Literal["last", "best-val"] = Field(
         "last",
         description="the epoch best.pt holds and the test measures: the last, or the best validation acc@1",
@@ -142,7 +141,7 @@ class TrainConfig(_Strict):
 
 # What each model trains with where neither the YAML file nor a flag says otherwise; fields not named here take
 # the defaults above. Each recipe is measured to converge on the default dataset (README, Training): SGD at 0.01
-# with PyTorch's default init left AlexNet at chance (13 % test top-1 after 12 epochs on digits).
+# with PyTorch's default init left AlexNet at chance.
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     # kaiming: PyTorch's default init shrinks AlexNet's signal layer by layer. Batch 64: its dense layers are
     # products with one row per image, which a CPU runs faster the more rows they have (README, Training).

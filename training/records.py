@@ -57,10 +57,6 @@ class RunRecorder:
         start = self.history[-1].epoch + 1 if self.history else 0
         self.tb = SummaryWriter(log_dir=str(path / "tensorboard"), purge_step=start or None)
 
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
     def _write_csv(self) -> None:
         with atomic_file(self.path / "metrics.csv", "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)

@@ -29,7 +29,7 @@ GPU_ONLY_TARGETS = {"train-autocast", "train-fp16-gradscaler", "throughput-alexn
 
 
 def gpu_check(*args: str, timeout: int, **extra_env: str) -> subprocess.CompletedProcess:
-    env = {**{k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}, **extra_env}
+    env = {**{k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}, "PYTHON": str(PYTHON), **extra_env}
     return subprocess.run(["bash", "scripts/gpu_check.sh", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env=env)  # fmt: skip
 

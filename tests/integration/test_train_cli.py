@@ -236,7 +236,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
 def test_torchrun_two_processes_evaluates_every_sample_once(tmp_path, digits_run):
     single = json.loads((digits_run("mlp", 2) / "summary.json").read_text())
     proc = subprocess.run(
-        [str(REPO / ".venv/bin/torchrun"), "--standalone", "--nproc_per_node", "2", "training/train.py",
+        [str(PYTHON.with_name("torchrun")), "--standalone", "--nproc_per_node", "2", "training/train.py",
          "--model", "mlp", "--epochs", "2", "--output-dir", str(tmp_path / "ddp")],
         cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip

@@ -82,3 +82,38 @@ def test_a_failed_save_leaves_the_old_file_intact(tmp_path: Path, monkeypatch):
         save_checkpoint(_ckpt(), target)
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+# --- What a run keeps in train_state and writes beside it (training/results.py) ----------------------------
+
+
+def test_the_chosen_epoch_round_trips_as_train_state_has_always_held_it():
+    from types import SimpleNamespace
+
+    from convserve.training.checkpoint_keeper import is_better
+    from convserve.training.results import ChosenEpoch
+
+    for best in (
+        {"val_acc1": 91.5, "val_acc5": 99.6, "val_loss": 0.43, "epoch": 2},
+        {"val_acc1": 91.5, "val_acc5": 99.6, "epoch": 2},  # before val loss broke ties
+        {"val_acc1": -1.0, "epoch": -1},  # none chosen yet
+    ):
+        restored = ChosenEpoch.from_dict(best)
+        assert restored.to_dict() == best and list(restored.to_dict()) == list(best)
+    old = ChosenEpoch.from_dict({"val_acc1": 91.5, "val_acc5": 99.6, "epoch": 2})
+    assert is_better(SimpleNamespace(acc1=91.5, loss=0.01), old)  # its loss unknown: a tie goes to the new epoch
+    assert is_better(SimpleNamespace(acc1=0.0, loss=9.0), ChosenEpoch())
+
+
+def test_metrics_rows_and_the_summary_keep_their_columns_and_keys():
+    from convserve.training.results import METRIC_COLUMNS, EpochRow, RunSummary
+
+    columns = ["epoch", "train_loss", "train_acc1", "train_acc5", "val_loss", "val_acc1", "val_acc5", "lr",
+               "epoch_seconds"]  # fmt: skip
+    assert columns == METRIC_COLUMNS
+    row = dict(zip(columns, [3, 0.5, 80.0, 99.0, 0.4, 85.0, 99.5, 1e-3, 2.5], strict=True))
+    assert EpochRow.from_dict(row).to_dict() == row
+    summary = RunSummary(*range(26))
+    assert list(summary.to_dict())[-3:] == ["world_size", "input_size", "num_params"]
+    rated = RunSummary(*range(26), rate={"train_flops_per_image": 1.0, "threads": 2})
+    assert list(rated.to_dict()) == [*summary.to_dict(), "train_flops_per_image", "threads"]
