@@ -13,7 +13,7 @@ PORT ?= 8080
 install: $(STAMP)
 
 $(STAMP): pyproject.toml scripts/install.sh scripts/find_python.sh
-	bash scripts/install.sh $(PY) $(VENV)
+	bash scripts/install.sh "$(PY)" $(VENV)
 	touch $(STAMP)
 
 demo: install
