@@ -43,6 +43,12 @@ format: install
 clean-venv:
 	rm -rf $(VENV)
 
+# Every supported Python found here, each in a fresh venv through scripts/install.sh: the fast suite and an end to
+# end from the built wheel, as a table (matrix/matrix.md). The first run downloads torch for each Python (GBs).
+.PHONY: test-matrix
+test-matrix:
+	python3 scripts/test_matrix.py --out matrix
+
 # Containers end to end (docker/e2e.sh via pytest): installs/starts a Docker engine if needed (root), builds
 # both images, trains, serves, predicts, load-tests, tears down. Tens of minutes; not part of `make test`.
 .PHONY: test-docker

@@ -26,5 +26,11 @@ fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 echo "installing convserve into $VENV with Python $("$VENV/bin/python" --version 2>&1 | cut -d' ' -f2)"
 "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v -i warning || true
+if [ -n "${CONVSERVE_TORCH:-}" ]; then
+    # a torch the user already has, or an older pair inside pyproject's range (CONVSERVE_TORCH="torch==2.11.0
+    # torchvision==0.26.0"): installed first, convserve's range then keeps it
+    # shellcheck disable=SC2086
+    "$VENV/bin/python" -m pip install -q $CONVSERVE_TORCH 2>&1 | grep -v -i "warning" || true
+fi
 "$VENV/bin/python" -m pip install -q -e ".[export,serve,dev]" 2>&1 | grep -v -i "warning" || true
 "$VENV/bin/python" -c 'import torch, torchvision, onnxruntime, ts; print("installed torch", torch.__version__, "onnxruntime", onnxruntime.__version__)'

@@ -1,7 +1,8 @@
 """Every supported Python on this machine, each in a fresh virtualenv built by the install path users run
 (scripts/install.sh): the fast suite, then one end to end from the built wheel (train 1 epoch on digits -> export
-ONNX -> TorchServe and the v2 server -> a top-5 answer: tests/integration/test_wheel_install.py). Prints a table
-and writes it to OUT/matrix.md (and matrix.json).
+ONNX -> TorchServe and the v2 server -> a top-5 answer: tests/integration/test_wheel_install.py) and the GPU
+check's CPU dry run (scripts/gpu_check.sh --dry-run with that venv's Python). Prints a table and writes it to
+OUT/matrix.md (and matrix.json).
 
     python3 scripts/test_matrix.py [--out matrix] [--only 3.12] [--keep]
 
@@ -40,6 +41,7 @@ class Row:
     install_s: float | None = None
     fast_suite: str = "not run"
     e2e: str = "not run"
+    gpu_dry_run: str = "not run"
     note: str = ""
 
 
@@ -100,12 +102,15 @@ def run_row(row: Row, out: Path) -> Row:
     pytest = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     row.fast_suite = summary(*run([*pytest, "-m", "not slow"], out / f"{row.name}-fast.log", 3600))
     row.e2e = summary(*run([*pytest, "tests/integration/test_wheel_install.py"], out / f"{row.name}-e2e.log", 1800))
+    dry = ["bash", "scripts/gpu_check.sh", "--dry-run", str(out / f"gpu-dry-{row.name}")]
+    code, seconds, last = run(dry, out / f"{row.name}-gpu-dry.log", 1800, dict(os.environ, PYTHON=str(python)))
+    row.gpu_dry_run = f"{'PASS' if code == 0 else 'FAIL'} ({seconds:.0f} s)"
     return row
 
 
 def table(rows: list[Row]) -> str:
-    lines = ["| row | Python | torch / torchvision | install | fast suite | e2e (wheel: train, export, both servers) |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| row | Python | torch / torchvision | install | fast suite | e2e (wheel: train, export, both servers) "
+             "| GPU check --dry-run |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         version = (
             subprocess.run([r.found, "--version"], capture_output=True, text=True).stdout.strip() if r.found else ""
@@ -135,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "matrix.md").write_text(text + "\n")
     (args.out / "matrix.json").write_text(json.dumps([asdict(r) for r in rows], indent=1) + "\n")
     print(text)
-    return 0 if all(r.fast_suite.startswith("PASS") and r.e2e.startswith("PASS") for r in rows) else 1
+    passed = [(r.fast_suite, r.e2e, r.gpu_dry_run) for r in rows]
+    return 0 if all(cell.startswith("PASS") for row in passed for cell in row) else 1
 
 
 if __name__ == "__main__":
