@@ -108,9 +108,13 @@ def _export_legacy(module, example, path: Path, opset: int | None, batch: int | 
 
 
 def simplify(path: Path) -> None:
-    """onnxslim in place; the unsimplified file stays when slimming fails or breaks the checker."""
-    import onnxslim
-
+    """onnxslim in place; the unsimplified file stays when slimming fails, breaks the checker, or onnxslim is not
+    installed (a bare GPU image: the export extra brings it)."""
+    try:
+        import onnxslim
+    except ImportError:
+        log.warning("onnxslim is not installed; keeping the exporter's graph of %s (pip install onnxslim)", path.name)
+        return
     try:
         slimmed = onnxslim.slim(onnx.load(str(path)))
         onnx.checker.check_model(slimmed, full_check=True)

@@ -179,9 +179,7 @@ def build_session(cfg: TrainConfig, info: DistInfo, device: torch.device, run_di
     net, options = build_network(cfg, data, device)
     model = net
     if info.enabled:
-        model = nn.parallel.DistributedDataParallel(
-            net, device_ids=[info.local_rank] if device.type == "cuda" else None
-        )
+        model = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = make_optimizer(cfg, net)
     precision = resolve_precision(cfg.run.precision, device)
     # after the DDP wrap, which gives every rank rank 0's weights: the average starts from those
@@ -373,7 +371,7 @@ def run_training(cfg: TrainConfig, resume: bool = False) -> RunSummary:
     wall_start = time.perf_counter()
     retain_freed_memory()  # before the first big tensor: steps then reuse freed memory (see host_memory)
     device = choose_device(cfg.run.device)
-    info = init_distributed(device.type)
+    info = init_distributed(device)
     set_training_threads(info)
     try:
         s = _start_run(cfg, resume, info, device)

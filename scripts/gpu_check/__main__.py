@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         installed = wheels.ensure(args.wheels)
     except wheels.WheelError as exc:
         raise ConvserveError(str(exc)) from None
+    if args.compile and not (shutil.which("cc") or shutil.which("gcc")):
+        raise ConvserveError("--compile needs a C compiler (torch.compile builds its kernels with one): install gcc, "
+                             "or leave --compile out")  # fmt: skip
     if args.dry_run:
         os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch starts its pool (plan.DRY_NOTE says why)
     # only now: these import pydantic, torch, onnx, ... which the wheels may have just provided

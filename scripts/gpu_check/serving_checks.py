@@ -60,7 +60,9 @@ def check_export(ctx: Context) -> Row:
         "parity passed for ONNX fp32, ONNX fp16 and TorchScript",
         "`export/to_onnx.py best.pt --fp16` and `export/to_torchscript.py best.pt` on the checkpoint trained on "
         f"{ctx.plan.device} (train-autocast); figures from model_card.json's parity fields, which export measures "
-        "on the CPU through serving's own backends (onnxruntime CPU provider, torch.jit) at batch 1 and 16.",
+        "on the CPU through serving's own backends (onnxruntime CPU provider, torch.jit) at batch 1 and 16. ONNX "
+        "fp16 here is ONNX Runtime's CPU provider, which computes fp16 nodes through casts to fp32: GPU fp16 "
+        "arithmetic is the fp16-half-model row.",
         {
             fmt: (card.file(fmt).parity.model_dump() if card.file(fmt) and card.file(fmt).parity else None)
             for fmt in FORMATS
@@ -156,4 +158,42 @@ def check_serve(ctx: Context, backend: str) -> Row:
             "images_per_s": per_s,
             "peak_gpu_mem_mb": peak,
         },  # fmt: skip
+    )
+
+
+HALF_TIE = 1e-2  # fp16 keeps ~3 significant digits: classes the CPU scores this close may swap
+
+
+def check_half_model(ctx: Context) -> Row:
+    """The checkpoint's model in torch's float16 on the device against its fp32 logits on the CPU, on the
+    preprocessed check images: where fp16 overflow or accumulation would show (ONNX fp16 is checked at export,
+    on ONNX Runtime's CPU provider, which computes its fp16 nodes through casts)."""
+    from convserve.models import model_from_checkpoint
+    from convserve.models.checkpoint import load_checkpoint
+    from convserve.serving.classifier import Classifier
+
+    plan = ctx.plan
+    ckpt = load_checkpoint(autocast_run(ctx).folder / "checkpoints" / "best.pt")
+    clf = Classifier.from_artifact(artifact(ctx), backend="eager", device="cpu", threads=plan.serve_threads)
+    batch = clf.preprocess([clf.decode(data) for data in check_image_bytes(ctx)])
+    with torch.inference_mode():
+        reference = torch.softmax(model_from_checkpoint(ckpt).eval()(batch).float(), dim=1)
+        half = model_from_checkpoint(ckpt).eval().half().to(plan.device)
+        probs = torch.softmax(half(batch.half().to(plan.device)).float().cpu(), dim=1)
+    finite = bool(torch.isfinite(probs).all())
+    top_ref, top_half = reference.argmax(1), probs.argmax(1)
+    margin = reference.gather(1, top_ref[:, None]) - reference.gather(1, top_half[:, None])
+    agree = int(((top_ref == top_half) | (margin[:, 0] <= HALF_TIE)).sum())
+    diff = float((probs - reference).abs().max()) if finite else float("inf")
+    ok = finite and agree == len(batch)
+    return Row(
+        "fp16-half-model",
+        verdict(ok),
+        f"top-1 equal to CPU fp32 on {agree}/{len(batch)} images; max |Δp| {diff:.1e}; "
+        f"{'all finite' if finite else 'NaN/inf in the fp16 logits'}",
+        "finite fp16 logits; top-1 equal to CPU fp32 on every check image (ties within 1e-2 excepted)",
+        f"model_from_checkpoint(best.pt).half() on {plan.device} against the same weights in fp32 on the CPU, "
+        f"on the check images decoded and preprocessed as serving does ({len(batch)} images). The export-parity "
+        "row's onnx-fp16 figure is ONNX Runtime's CPU provider, not a GPU.",
+        {"agree": agree, "images": len(batch), "max_abs_prob_diff": diff, "finite": finite, "device": plan.device},
     )

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 from convserve.common.errors import first_line
 from gpu_check.context import Context
-from gpu_check.plan import BUDGET_S, Plan
+from gpu_check.plan import Plan
 from gpu_check.report import Report, Row, machine_facts, table
-from gpu_check.serving_checks import check_export, check_serve
+from gpu_check.serving_checks import check_export, check_half_model, check_serve
 from gpu_check.throughput import check_throughput
 from gpu_check.torchrun_check import check_torchrun
 from gpu_check.training_checks import check_kill_resume, check_train_autocast, check_train_fp16
@@ -32,6 +35,7 @@ def checks(plan: Plan) -> list[Check]:
         *((f"throughput-{case.arch}", partial(check_throughput, case=case)) for case in plan.throughput),
         ("torchrun-eval-count", check_torchrun),
         ("export-parity", check_export),
+        ("fp16-half-model", check_half_model),
         ("serve-eager", partial(check_serve, backend="eager")),
         ("serve-torchscript", partial(check_serve, backend="torchscript")),
         ("kill9-resume", check_kill_resume),
@@ -55,11 +59,36 @@ class Options:
     started: float  # time.perf_counter() when the command began: the report's wall time counts from it
 
 
+class CheckTimeout(Exception):
+    """A check ran past the plan's limit for one check."""
+
+
+@contextmanager
+def time_limit(seconds: int) -> Iterator[None]:
+    """Interrupt this (main) thread's check after ``seconds`` with CheckTimeout. Checks started in the
+    background run subprocesses only, each under its own timeout."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise CheckTimeout(f"over the {seconds} s limit of one check")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def timed(check: Callable[[Context], Row], name: str, ctx: Context) -> Row:
     began = time.perf_counter()
     try:
-        row = check(ctx)
-    except Exception as exc:  # a check that breaks is a FAIL row; the others still run
+        with time_limit(ctx.plan.check_limit_s):
+            row = check(ctx)
+    except Exception as exc:  # a check that breaks (or runs past its limit) is a FAIL row; the others still run
         row = failed_row(name, exc)
     row.seconds = time.perf_counter() - began
     return row
@@ -75,7 +104,7 @@ def _record(report: Report, row: Row, start: float, order: list[str]) -> None:
 
 def run_all(options: Options) -> int:
     plan, start = options.plan, options.started
-    report = Report(options.out, plan.mode, options.command, BUDGET_S, installed_wheels=options.installed_wheels)
+    report = Report(options.out, plan.mode, options.command, plan.budget_s, installed_wheels=options.installed_wheels)
     todo = checks(plan)
     order = [name for name, _ in todo]
     report.pending = list(order)
@@ -93,8 +122,8 @@ def run_all(options: Options) -> int:
         for future in started.values():
             _record(report, future.result(), start, order)
     report.machine["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
-    if report.wall_s > BUDGET_S:
-        report.notes.append(f"ran {report.wall_s:.0f} s, over the {BUDGET_S} s budget")
+    if report.over_budget:
+        report.notes.append(f"FAIL: ran {report.wall_s:.0f} s, over the {plan.budget_s} s budget")
     if options.keep_work or not report.passed:
         report.notes.append(f"run folders and logs kept in {options.work}")
     else:

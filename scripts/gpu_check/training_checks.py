@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from gpu_check.context import Context
-from gpu_check.plan import ACC_TOLERANCE_PT
+from gpu_check.plan import ACC_FLOOR_PCT, BF16_CAPABILITY
 from gpu_check.report import Row, verdict
 from gpu_check.runs import REPO, RunFailed, call_cli, child_env, python_cmd, run_logged, tail
 
@@ -58,9 +58,14 @@ def autocast_run(ctx: Context) -> TrainedRun:
 
 
 def expected_auto_precision(device: str) -> str:
-    from convserve.training.engine.precision import resolve_precision
+    """What ``--precision auto`` must pick, read from the device itself rather than from the trainer's own
+    choice: bf16 from compute capability 8.0 (Ampere) on, fp16 with the GradScaler before it; on a CPU (the dry
+    run), bf16 where the hardware layer finds native bf16."""
+    if device == "cuda":
+        return "bf16" if torch.cuda.get_device_capability() >= BF16_CAPABILITY else "fp16"
+    from convserve.hardware.cpu_features import cpu_native_bf16
 
-    return resolve_precision("auto", torch.device(device)).precision
+    return "bf16" if cpu_native_bf16() else "fp32"
 
 
 def scaler_state(folder: Path) -> dict[str, Any] | None:
@@ -78,7 +83,7 @@ def _train_row(ctx: Context, name: str, run: TrainedRun, expected: str, extra: l
     peak = s.get("peak_gpu_mem_mb")
     checks = [s["precision"] == expected, s["test_count"] > 0, extra_ok]
     if not plan.dry_run:
-        checks += [abs(delta) <= ACC_TOLERANCE_PT, bool(peak)]
+        checks += [s["test_acc1"] >= ACC_FLOOR_PCT, peak is not None and peak > 0]
     peak_text = f"peak GPU {peak:.0f} MB" if peak else "peak_gpu_mem_mb empty" + (" (CPU)" if plan.dry_run else "")
     figure = (
         f"test top-1 {s['test_acc1']:.2f} % (CPU fp32 {ref.summary['test_acc1']:.2f} %, Δ {delta:+.2f} pt) in "
@@ -89,7 +94,7 @@ def _train_row(ctx: Context, name: str, run: TrainedRun, expected: str, extra: l
         name,
         verdict(all(checks)),
         figure,
-        plan.target(f"|Δ top-1| ≤ {ACC_TOLERANCE_PT:g} pt vs CPU fp32; peak_gpu_mem_mb filled; {expected}"),
+        plan.target(f"test top-1 ≥ {ACC_FLOOR_PCT:g} %; {expected} (from the device); GPU memory measured > 0"),
         f"`training/train.py {' '.join(ctx.plan.train_args)} --device {plan.device}` ({s['epochs']} epoch(s), "
         f"{s['test_count']} {s['test_split']} images; precision {s['precision']}: {s['precision_reason']}) against "
         f"the same preset with `--device cpu --precision fp32` in the same command; s/epoch is the median of "

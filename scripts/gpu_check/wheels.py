@@ -11,6 +11,7 @@ machine's own on PYTHONPATH. Only the distributions of missing (or too old) modu
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -60,15 +61,41 @@ def _installed_version(module: str) -> str | None:
         return None
 
 
+IMPORT_EACH = """
+import importlib, json, sys
+failed = []
+for name in sys.argv[1:]:
+    try:
+        importlib.import_module(name)
+    except Exception as exc:  # a wheel for another Python or ABI fails here, not at find_spec
+        failed.append(name)
+print(json.dumps(failed))
+"""
+
+
+def unimportable(modules: Iterable[str], python: str = sys.executable) -> set[str]:
+    """The modules a fresh interpreter fails to import (a module can be found and still not load: a wheel
+    built for another Python, a missing shared library, a dependency of its own that is absent)."""
+    names = list(modules)
+    done = subprocess.run([python, "-c", IMPORT_EACH, *names], capture_output=True, text=True, env=os.environ.copy())
+    if done.returncode != 0:
+        return set(names)
+    return set(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
 def missing_modules(
     modules: Iterable[str] = REQUIRED,
     find_spec: Callable[[str], object] = importlib.util.find_spec,
     version_of: Callable[[str], str | None] = _installed_version,
+    importable: Callable[[Iterable[str]], set[str]] | None = None,
 ) -> list[str]:
-    """Modules this Python cannot find, or finds older than ``MINIMUM``, in the order given."""
+    """Modules this Python cannot find, finds older than ``MINIMUM``, or (``importable``: after installing) cannot
+    import in a fresh interpreter, in the order given."""
+    modules = list(modules)
+    broken = importable(m for m in modules if find_spec(m) is not None) if importable else set()
     out = []
     for module in modules:
-        if find_spec(module) is None:
+        if find_spec(module) is None or module in broken:
             out.append(module)
         elif module in MINIMUM:
             found = version_of(module)
@@ -128,7 +155,7 @@ def plan_install(missing: list[str], folder: Path | None) -> list[str]:
 def ensure(folder: Path | None, target: Path | None = None) -> list[str]:
     """Install what is missing into ``target`` (default: a new temporary folder) and put it first on sys.path
     and PYTHONPATH (for the subprocesses the check starts); returns the distributions installed."""
-    wanted = plan_install(missing_modules(), folder)
+    wanted = plan_install(missing_modules(importable=unimportable), folder)
     if not wanted:
         return []
     target = target or Path(tempfile.mkdtemp(prefix="gpu-check-wheels-"))
@@ -139,9 +166,9 @@ def ensure(folder: Path | None, target: Path | None = None) -> list[str]:
     sys.path.insert(0, str(target))
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(target), os.environ.get("PYTHONPATH")) if p)
     importlib.invalidate_caches()
-    still = missing_modules()
+    still = missing_modules(importable=unimportable)  # imported for real, in a subprocess with the new PYTHONPATH
     if still:
-        raise WheelError(f"still missing after installing {', '.join(wanted)}: {', '.join(still)}")
+        raise WheelError(f"installed {', '.join(wanted)} but a fresh Python cannot import {', '.join(still)}")
     return wanted
 
 

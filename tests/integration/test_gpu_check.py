@@ -21,6 +21,7 @@ ROWS = [
     "throughput-resnet18",
     "torchrun-eval-count",
     "export-parity",
+    "fp16-half-model",
     "serve-eager",
     "serve-torchscript",
     "kill9-resume",
@@ -52,6 +53,12 @@ def test_dry_run_writes_both_reports_with_every_row_and_prints_the_table_last(tm
     rows = {r["name"]: r for r in report["rows"]}
     assert rows["train-fp16-gradscaler"]["metrics"]["precision"] == "fp16"
     assert rows["torchrun-eval-count"]["metrics"]["test_count"] == rows["train-autocast"]["metrics"]["test_count"]
+    torchrun = rows["torchrun-eval-count"]["metrics"]
+    assert torchrun["backend"] == "gloo" and torchrun["world_size"] == 2  # two ranks really reduce on a dry run
+    assert torchrun["single_process_acc1"] == pytest.approx(torchrun["test_acc1"])  # all-reduced = one process
+    assert rows["fp16-half-model"]["metrics"]["finite"] is True
+    assert rows["fp16-half-model"]["metrics"]["agree"] == rows["fp16-half-model"]["metrics"]["images"]
+    assert "warm-up" in rows["throughput-alexnet"]["figure"]
     assert rows["throughput-alexnet"]["metrics"]["synthetic_data"] is True
     assert rows["throughput-alexnet"]["metrics"]["images_per_s"] > 0
     assert rows["export-parity"]["metrics"]["onnx-fp16"]["passed"] is True

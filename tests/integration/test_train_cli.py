@@ -247,6 +247,12 @@ def test_torchrun_two_processes_evaluates_every_sample_once(tmp_path, digits_run
     assert sum(map(sum, ddp["confusion_matrix"])) == 270
     assert ddp["test_acc1"] > 50  # it really trained (chance is 10%)
     assert len(_metrics_rows(tmp_path / "ddp")) == 2  # only rank 0 wrote
+    # the ranks' all-reduced test figures are what one process measures on the same weights
+    alone = subprocess.run([str(PYTHON), "training/evaluate.py", str(tmp_path / "ddp/checkpoints/best.pt"), "--json"],
+                           cwd=REPO, capture_output=True, text=True, check=True)  # fmt: skip
+    measured = json.loads(alone.stdout)
+    assert measured["acc1"] == pytest.approx(ddp["test_acc1"]) and measured["count"] == ddp["test_count"]
+    assert measured["confusion_matrix"] == ddp["confusion_matrix"]
 
 
 def test_profile_step_prints_the_rate_and_where_the_time_goes():

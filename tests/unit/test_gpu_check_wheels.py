@@ -123,3 +123,16 @@ def test_install_command_really_installs_only_the_named_wheel_offline(tmp_path):
     probe = subprocess.run([sys.executable, "-c", "import convserve_wheel_probe as m; print(m.VALUE)"],
                            capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
     assert probe.stdout.strip() == "42", probe.stderr
+
+
+def test_a_module_that_is_found_but_does_not_import_counts_as_missing(tmp_path, monkeypatch):
+    """find_spec finds a wheel for another Python or one whose shared library is absent; importing it fails."""
+    (tmp_path / "broken_wheel_module.py").write_text("raise ImportError('built for another Python')\n")
+    (tmp_path / "fine_wheel_module.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    modules = ["fine_wheel_module", "broken_wheel_module"]
+    assert wheels.missing_modules(modules, version_of=lambda m: None) == []  # found: the old check passed both
+    assert wheels.missing_modules(modules, version_of=lambda m: None, importable=wheels.unimportable) == [
+        "broken_wheel_module"
+    ]

@@ -25,16 +25,18 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device_type: str) -> DistInfo:
-    """Join the process group torchrun describes in the environment; a single process otherwise."""
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group torchrun describes in the environment; a single process otherwise. On a GPU the
+    group is NCCL on ``device`` (this rank's own, set as the current one before the group forms)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    backend = "nccl" if device_type == "cuda" else "gloo"
-    if device_type == "cuda":
-        torch.cuda.set_device(local)
-    dist.init_process_group(backend=backend)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl", device_id=device)
+    else:
+        dist.init_process_group(backend="gloo")
     return DistInfo(rank, world, local)
 
 
@@ -43,9 +45,21 @@ def shutdown_distributed(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
+def collective_device() -> torch.device:
+    """Where the process group's backend can reduce a tensor: NCCL only on this rank's GPU, gloo on the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum ``tensor`` over the ranks, in place, wherever it lives: it travels to the group's device and back."""
     if info.enabled:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        device = collective_device()
+        moved = tensor.to(device)
+        dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+        if moved is not tensor:
+            tensor.copy_(moved)
     return tensor
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import nn
@@ -39,38 +40,46 @@ class EvalResult:
 
 
 class _Tally:
-    """A split's loss, top-1/top-5 hits and confusion matrix (summable across ranks), and per-sample top-5."""
+    """A split's loss, top-1/top-5 hits and confusion matrix (summable across ranks, kept on the model's device
+    and read back once), and per-sample top-5 when collected."""
 
-    def __init__(self, class_names: list[str], collect: bool):
+    def __init__(self, class_names: list[str], collect: bool, device: torch.device):
         self.class_names, self.collect = class_names, collect
         self.criterion = nn.CrossEntropyLoss(reduction="sum")
-        self.sums = torch.zeros(4, dtype=torch.float64)  # loss, correct@1, correct@5, count
-        self.confusion = torch.zeros(len(class_names), len(class_names), dtype=torch.int64)
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct@1, correct@5
+        self.count = 0
+        self.confusion = torch.zeros(len(class_names), len(class_names), dtype=torch.int64, device=device)
         self.top5: list[list[int]] = []
         self.top5_prob: list[list[float]] = []
         self.targets: list[int] = []
 
-    def add(self, output: torch.Tensor, target: torch.Tensor) -> tuple[float, int, int]:
-        """One batch; returns its summed loss and top-1/top-5 hits."""
-        loss = self.criterion(output, target).item()
-        c1, c5 = correct_counts(output, target)
-        self.sums += torch.tensor([loss, c1, c5, target.numel()], dtype=torch.float64)
-        pred = output.argmax(1)
-        self.confusion.index_put_((target.cpu(), pred.cpu()), torch.ones_like(target.cpu()), accumulate=True)
+    def add(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """One batch; returns its summed loss and top-1/top-5 hits (on the device, not read back)."""
+        batch = torch.cat([self.criterion(output, target).double().view(1), correct_counts(output, target)])
+        self.sums += batch
+        self.count += target.numel()
+        self.confusion.index_put_((target, output.argmax(1)), torch.ones_like(target), accumulate=True)
         if self.collect:
             prob, idx = output.softmax(1).topk(min(5, len(self.class_names)), 1)
             self.top5 += idx.tolist()
             self.top5_prob += prob.tolist()
             self.targets += target.tolist()
-        return loss, c1, c5
+        return batch
+
+    def shown(self, batch: torch.Tensor, n: int) -> dict[str, tuple[float, float, int]]:
+        (loss, c1, c5), (loss_sum, c1_sum, c5_sum) = batch.tolist(), self.sums.tolist()
+        return {
+            "loss": (loss / n, loss_sum, self.count),
+            "acc1": (100.0 * c1 / n, 100.0 * c1_sum, self.count),
+            "acc5": (100.0 * c5 / n, 100.0 * c5_sum, self.count),
+        }
 
     def result(self, info: DistInfo) -> EvalResult:
-        all_reduce_sum(self.sums, info)
-        all_reduce_sum(self.confusion, info)
-        loss_sum, c1, c5, count = self.sums.tolist()
-        confusion = self.confusion
+        sums = torch.cat([self.sums.cpu(), torch.tensor([self.count], dtype=torch.float64)])
+        loss_sum, c1, c5, count = all_reduce_sum(sums, info).tolist()
+        confusion = all_reduce_sum(self.confusion.cpu(), info).tolist()
         per_class = {
-            name: (confusion[k, k].item() / row if (row := confusion[k].sum().item()) else None)
+            name: (confusion[k][k] / row if (row := sum(confusion[k])) else None)
             for k, name in enumerate(self.class_names)
         }
         return EvalResult(
@@ -79,7 +88,7 @@ class _Tally:
             acc5=100.0 * c5 / max(count, 1),
             count=int(count),
             per_class_acc=per_class,
-            confusion_matrix=confusion.tolist(),
+            confusion_matrix=confusion,
             top5=self.top5,
             top5_prob=self.top5_prob,
             targets=self.targets,
@@ -100,7 +109,7 @@ def evaluate(
     collect: bool = False,
 ) -> EvalResult:
     """``collect``: keep each sample's top-5 classes and probabilities (single process)."""
-    tally = _Tally(class_names, collect)
+    tally = _Tally(class_names, collect, device)
     progress = ProgressMeter(
         len(loader),
         prefix=prefix,
@@ -120,8 +129,7 @@ def evaluate(
             images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
             with autocast or contextlib.nullcontext():
                 output = model(images)
-            loss, c1, c5 = tally.add(output.float(), target)
-            n = target.numel()
-            progress.update(i, n, loss=loss / n, acc1=100.0 * c1 / n, acc5=100.0 * c5 / n)
+            batch = tally.add(output.float(), target)
+            progress.update(i, partial(tally.shown, batch, target.numel()))
     progress.close()
     return tally.result(info)

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 
 from tqdm import tqdm
 
 from convserve.training.engine.meters import AverageMeter
+
+# what a shown batch reports for each meter: this batch's value, the running total and the count behind it
+Shown = Callable[[], dict[str, tuple[float, float, int]]]
 
 
 class ProgressMeter:
@@ -33,10 +37,13 @@ class ProgressMeter:
         )
         self._end = time.perf_counter()
 
-    def update(self, batch: int, n: int, **values: float) -> None:
-        """``batch`` counts from 1; ``values``: this batch's value for each meter, over ``n`` samples."""
-        for key, value in values.items():
-            self.meters[key].update(value, n)
+    def due(self, batch: int) -> bool:
+        """Whether ``batch`` (counting from 1) is shown: a line, or the bar's figures."""
+        return self.enabled and (batch % self.print_freq == 0 or batch == self.total)
+
+    def update(self, batch: int, shown: Shown) -> None:
+        """Every batch; ``shown`` is called only for a batch that is shown, so a loop on a GPU reads its figures
+        back to the host once per ``print_freq`` batches, not once per step."""
         now = time.perf_counter()
         self.batch_time.update(now - self._end)
         self._end = now
@@ -44,9 +51,14 @@ class ProgressMeter:
             return
         if self.bar is not None:
             self.bar.update(1)
+        if not self.due(batch):
+            return
+        for key, (val, total, count) in shown().items():
+            self.meters[key].set(val, total, count)
+        if self.bar is not None:
             postfix = {key: format(self.meters[key].avg, fmt) for key, fmt in self.bar_fields.items()}
             self.bar.set_postfix(postfix, refresh=False)
-        elif batch % self.print_freq == 0 or batch == self.total:
+        else:
             print(self.line(batch), flush=True)
 
     def line(self, batch: int) -> str:

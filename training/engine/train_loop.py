@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -63,7 +64,10 @@ class TrainStep:
 
 def train_one_epoch(step: TrainStep, loader: DataLoader, epoch: int, print_freq: int = 20) -> EpochStats:
     step.model.train()
-    sums = torch.zeros(4, dtype=torch.float64)  # loss*n, correct@1, correct@5, n: summable across ranks
+    # loss x n, correct@1, correct@5 summed where the model runs: read back once per epoch (and when a progress
+    # line is due), never once per step, which would stall a GPU's queue
+    sums = torch.zeros(3, dtype=torch.float64, device=step.device)
+    count = 0
     progress = ProgressMeter(
         len(loader),
         prefix=f"Epoch: [{epoch}]",
@@ -77,11 +81,18 @@ def train_one_epoch(step: TrainStep, loader: DataLoader, epoch: int, print_freq:
     for i, (images, target) in enumerate(loader, start=1):
         images, target = images.to(step.device, non_blocking=True), target.to(step.device, non_blocking=True)
         output, loss = step.run(images, target)
-        n, loss_value = target.numel(), loss.item()
-        c1, c5 = correct_counts(output.detach().float(), target)
-        sums += torch.tensor([loss_value * n, c1, c5, n], dtype=torch.float64)
-        progress.update(i, n, loss=loss_value, acc1=100.0 * c1 / n)
+        n = target.numel()  # from the shape: known on the host
+        batch = torch.cat([loss.detach().double().view(1), correct_counts(output.detach().float(), target)])
+        sums[0] += batch[0] * n
+        sums[1:] += batch[1:]
+        count += n
+        progress.update(i, partial(_shown, batch, sums, n, count))
     progress.close()
-    all_reduce_sum(sums, step.info)
-    loss_sum, c1, c5, count = sums.tolist()
+    loss_sum, c1, c5, count = all_reduce_sum(torch.cat([sums.cpu(), torch.tensor([count], dtype=torch.float64)]),
+                                             step.info).tolist()  # fmt: skip
     return EpochStats(loss_sum / count, 100.0 * c1 / count, 100.0 * c5 / count, int(count), time.perf_counter() - start)
+
+
+def _shown(batch: torch.Tensor, sums: torch.Tensor, n: int, count: int) -> dict[str, tuple[float, float, int]]:
+    (loss, c1, _), (loss_sum, c1_sum, _) = batch.tolist(), sums.tolist()
+    return {"loss": (loss, loss_sum, count), "acc1": (100.0 * c1 / n, 100.0 * c1_sum, count)}
