@@ -27,6 +27,7 @@ from convserve.training.checkpoint_keeper import CheckpointKeeper
 from convserve.training.config import TrainConfig, build_config, dump_config
 from convserve.training.data import DataBundle, build_datasets
 from convserve.training.data.presets import BatchCollate
+from convserve.training.data.resident import BatchTrainPreset, ResidentLoader, stack_split
 from convserve.training.engine.distributed import (
     DistInfo,
     ShardSampler,
@@ -99,27 +100,57 @@ def make_scheduler(
 
 def make_loaders(
     cfg: TrainConfig, data: DataBundle, info: DistInfo, device: torch.device
-) -> tuple[DataLoader, DataLoader | None, DataLoader | None]:
+) -> tuple[DataLoader | ResidentLoader, DataLoader | None, DataLoader | None]:
+    """The training loader, then the validation and test ones."""
+    per_rank = math.ceil(len(data.train) / info.world_size)
+    kw = _loader_options(cfg, device)
+    return train_loader(cfg, data, info, device, kw, per_rank > cfg.run.batch_size), *eval_loaders(
+        cfg, data, info, device
+    )
+
+
+def _loader_options(cfg: TrainConfig, device: torch.device) -> dict:
     kw = {"batch_size": cfg.run.batch_size, "num_workers": cfg.run.workers, "pin_memory": device.type == "cuda"}
     if cfg.run.workers > 0:
         kw["persistent_workers"] = True
+    return kw
+
+
+def eval_loaders(
+    cfg: TrainConfig, data: DataBundle, info: DistInfo, device: torch.device
+) -> tuple[DataLoader, DataLoader | None]:
+    """Validation and test loaders: every sample once across ranks (ShardSampler)."""
+    kw = _loader_options(cfg, device)
+
+    def loader(ds: Dataset | None) -> DataLoader | None:
+        return DataLoader(ds, sampler=ShardSampler(len(ds), info), **kw) if ds is not None else None
+
+    return loader(data.val), loader(data.test)
+
+
+def train_loader(
+    cfg: TrainConfig, data: DataBundle, info: DistInfo, device: torch.device, kw: dict, drop_last: bool
+) -> DataLoader | ResidentLoader:
+    """Small datasets live on the device with whole batches augmented there; the others stream through a
+    DataLoader (its workers decode and augment image by image)."""
+    if data.resident:
+        images, labels = stack_split(data.train_raw())
+        preset = BatchTrainPreset(data.preprocessing, data.facts.policy, device)
+        return ResidentLoader(images, labels, cfg.run.batch_size, preset, device, info, drop_last)
     if info.enabled:
         sampler = DistributedSampler(data.train, info.world_size, info.rank, shuffle=True, seed=cfg.run.seed)
     else:
         sampler = RandomSampler(data.train, generator=torch.Generator())
-    per_rank = math.ceil(len(data.train) / info.world_size)
     collate = BatchCollate(data.train_batch_transform) if data.train_batch_transform else None
-    train = DataLoader(data.train, sampler=sampler, drop_last=per_rank > cfg.run.batch_size, collate_fn=collate, **kw)
-
-    def eval_loader(ds: Dataset | None) -> DataLoader | None:
-        return DataLoader(ds, sampler=ShardSampler(len(ds), info), **kw) if ds is not None else None
-
-    return train, eval_loader(data.val), eval_loader(data.test)
+    return DataLoader(data.train, sampler=sampler, drop_last=drop_last, collate_fn=collate, **kw)
 
 
-def set_epoch_seed(cfg: TrainConfig, loader: DataLoader, epoch: int, info: DistInfo) -> None:
+def set_epoch_seed(cfg: TrainConfig, loader: DataLoader | ResidentLoader, epoch: int, info: DistInfo) -> None:
     """Seed each epoch from (seed, epoch, rank) so a resumed run replays exactly what it would have done."""
     torch.manual_seed(cfg.run.seed * 100_003 + epoch * 101 + info.rank)
+    if isinstance(loader, ResidentLoader):
+        loader.set_epoch(cfg.run.seed * 100_003 + epoch)
+        return
     sampler = loader.sampler
     if isinstance(sampler, DistributedSampler):
         sampler.set_epoch(epoch)
@@ -269,7 +300,7 @@ def fit(s: Session, resume: bool) -> FitResult:
 def final_test(s: Session, weights: dict[str, torch.Tensor]) -> tuple[EvalResult, str]:
     """Evaluate ``weights`` on the test split (val when the dataset has none, as the summary says)."""
     s.model_without_ddp.load_state_dict(weights)
-    _, val_loader, test_loader = make_loaders(s.cfg, s.data, s.info, s.device)
+    val_loader, test_loader = eval_loaders(s.cfg, s.data, s.info, s.device)
     split = "test" if test_loader is not None else "val"
     return _evaluate_fp32(s, s.model_without_ddp, test_loader or val_loader, prefix="Test: "), split
 

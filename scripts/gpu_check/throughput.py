@@ -1,6 +1,7 @@
 """Training-step throughput on a CIFAR-10-shaped set of 50,000 synthetic images: AlexNet at 224 px and ResNet18
-at 32 px, input pipeline resident on the device, channels-last, autocast, optionally torch.compile; images/s,
-seconds per 50,000-image epoch and the share of the GEMM rate measured in the same command."""
+at 32 px, fed by the trainer's own resident input path (training/data/resident.py: uint8 images on the device,
+whole batches augmented there), channels-last, autocast, optionally torch.compile; images/s, seconds per
+50,000-image epoch and the share of the GEMM rate measured in the same command."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ import torch
 from torch import nn
 
 from convserve.common.devices import choose_device
+from convserve.training.data.resident import BatchTrainPreset, ResidentLoader
 from gpu_check.context import Context
-from gpu_check.device_input import DeviceAugment, ResidentImages
 from gpu_check.plan import EPOCH_IMAGES, Plan, ThroughputCase
 from gpu_check.report import Row, verdict
 from gpu_check.synthetic_cifar import write_synthetic_cifar10
@@ -40,6 +41,15 @@ def synthetic_cifar(ctx: Context) -> CifarSet:
         return CifarSet(images, torch.cat([raw.train.labels, raw.val.labels]))
 
     return ctx.once("the synthetic CIFAR-10 set", make)
+
+
+def endless(loader: ResidentLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The trainer's resident batches, epoch after epoch (each epoch a new seeded permutation)."""
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
 
 
 @contextlib.contextmanager
@@ -84,13 +94,13 @@ def training_step(plan: Plan, case: ThroughputCase, data: CifarSet, device: torc
     scaler = precision.scaler(device)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
     forward = torch.compile(model) if plan.compile else model
-    augment = DeviceAugment(pre, device)
-    batches = ResidentImages(data.images, data.labels, device, plan.throughput_batch)
+    batches = endless(ResidentLoader(data.images, data.labels, plan.throughput_batch,
+                                     BatchTrainPreset(pre, "small", device), device, drop_last=True))  # fmt: skip
 
     def run() -> torch.Tensor:
-        images, target = batches.next()
+        images, target = next(batches)
         with precision.autocast(device) or contextlib.nullcontext():
-            loss = criterion(forward(augment(images)), target)
+            loss = criterion(forward(images.contiguous(memory_format=torch.channels_last)), target)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

@@ -16,6 +16,7 @@ from convserve.models import resolve_input_size
 from convserve.training.config import DataConfig
 from convserve.training.data.facts import FACTS, MEASURED, DatasetFacts, describe, measure_facts
 from convserve.training.data.presets import EvalPreset, TrainPreset, eval_resize_size
+from convserve.training.data.resident import POLICIES, RESIDENT
 from convserve.training.data.splits import RawSplits, Transformed, limit_per_class
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,17 @@ class DataBundle:
     facts: DatasetFacts
     preprocessing: Preprocessing
     train_batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None  # on collated train batches
+    name: str = ""  # the dataset's registry name
+    augment: bool = True
+
+    @property
+    def resident(self) -> bool:
+        """Whether training keeps this split on the device and augments whole batches there."""
+        return self.name in RESIDENT and self.augment and self.facts.policy in POLICIES
+
+    def train_raw(self) -> Dataset:
+        """The training split's (uint8 image, label) pairs before any transform."""
+        return self.train.base
 
 
 def default_data_dir(name: str) -> Path:
@@ -118,6 +130,8 @@ def build_datasets(cfg: DataConfig, arch: str, seed: int) -> DataBundle:
         facts=facts,
         preprocessing=pre,
         train_batch_transform=train_tf.batch_transform,
+        name=cfg.name,
+        augment=cfg.augment,
     )
 
 
