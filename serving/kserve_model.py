@@ -8,8 +8,9 @@ v1 (``POST /v1/models/{name}:predict``): ``{"instances": [{"b64": "<base64>"}, .
 ``{"predictions": [{label: probability, ...}, ...]}``, TorchServe's answer per image.
 
 A request with a bad element fails as a whole with that element's InputError (4xx, naming the element); other
-requests are not affected. Decoding and inference run on one thread of their own, so the event loop keeps
-answering health checks and reading requests while a batch computes.
+requests are not affected. Decoding runs on a thread of its own and inference on another, batched across
+concurrent requests (serving/dynamic_batching.py), so the event loop keeps answering health checks and reading
+requests while a batch computes.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from convserve.artifact.card import read_card
 from convserve.common.errors import InputError
 from convserve.serving.backends import pick_model_file, share_cores
 from convserve.serving.classifier import TOP_K, Classifier
+from convserve.serving.dynamic_batching import DynamicBatcher
 from convserve.serving.payload import decode_base64, image_bytes
 from convserve.serving.v2_protocol import INPUT, LABELS, MAX_IMAGES, PROBABILITIES
 
@@ -66,6 +68,8 @@ class ClassifierModel(Model):
         threads: int | None = None,
         top_k: int = TOP_K,
         device: str = "auto",
+        batch_size: int = 1,
+        max_batch_delay_ms: float = 0.0,
     ):
         super().__init__(name)
         self.artifact = Path(artifact)
@@ -76,7 +80,10 @@ class ClassifierModel(Model):
         self.threads = threads
         self.top_k = max(1, min(top_k, self.card.num_classes))  # as Classifier keeps it; known before load
         self.classifier: Classifier | None = None
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"convserve-{name}")
+        # one thread decodes requests, another runs the backend: a request's decoding overlaps a batch's inference
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"convserve-{name}-decode")
+        self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"convserve-{name}-infer")
+        self.batcher = DynamicBatcher(self._classify, self._inference, batch_size, max_batch_delay_ms / 1000.0, name)
 
     def load(self) -> bool:
         classifier = Classifier.from_artifact(self.artifact, self.backend, self.device, self.threads, self.top_k)
@@ -108,8 +115,17 @@ class ClassifierModel(Model):
         return Decoded(protocol, images, payload if protocol == "v2" else None)
 
     async def predict(self, payload: Decoded, headers: dict[str, str] | None = None) -> Answers:
-        rows = await self._in_thread(self.classifier.classify, payload.images)
+        rows = await self.batcher.classify(payload.images)
         return Answers(payload.protocol, rows, payload.request)
+
+    async def classify_one(self, data: bytes) -> dict[str, float]:
+        """One encoded image -> its top-k row, through the same decoding and batching (TorchServe's route)."""
+        image = await self._in_thread(self.classifier.decode, data)
+        (row,) = await self.batcher.classify([image])
+        return row
+
+    def _classify(self, images: list[torch.Tensor]) -> list[dict[str, float]]:
+        return self.classifier.classify(images)
 
     async def postprocess(self, result: Answers, headers: dict[str, str] | None = None) -> InferResponse | dict:
         if result.protocol == "v1":
@@ -129,7 +145,9 @@ class ClassifierModel(Model):
         return await asyncio.get_running_loop().run_in_executor(self._thread, work, *args)
 
     def stop(self) -> None:
-        self._thread.shutdown(wait=False, cancel_futures=True)
+        self.batcher.stop()
+        for pool in (self._thread, self._inference):
+            pool.shutdown(wait=False, cancel_futures=True)
         super().stop()
 
 

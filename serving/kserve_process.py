@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from convserve.common.errors import ConvserveError
 from convserve.common.files import write_text_atomic
 from convserve.hardware.procfs import group_members
+from convserve.serving.archive_settings import ArchiveSettings
 from convserve.serving.classifier import TOP_K
 from convserve.serving.request_gate import MIN_TOKEN_LENGTH
 from convserve.serving.server_lifecycle import (
@@ -56,6 +57,10 @@ class V2ServerSettings(BaseModel):
     threads: int | None = Field(None, ge=1)
     top_k: int = Field(TOP_K, ge=1)
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    # dynamic batching (serving/dynamic_batching.py), TorchServe archives' default: images per backend call at
+    # most (1: none) and how long the first request waits for company
+    batch_size: int = Field(ArchiveSettings().batch_size, ge=1)
+    max_batch_delay_ms: float = Field(ArchiveSettings().max_batch_delay_ms, ge=0)
 
 
 def check_token(settings: V2ServerSettings, token: str | None) -> None:

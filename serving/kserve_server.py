@@ -42,6 +42,7 @@ from convserve.common.errors import InputError, one_line
 from convserve.serving.kserve_model import HOW_TO, ClassifierModel
 from convserve.serving.kserve_process import LOAD_FAILED, TEST_LOAD_DELAY_ENV, TOKEN_ENV, V2ServerSettings
 from convserve.serving.request_gate import RequestGate
+from convserve.serving.torchserve_routes import add_torchserve_routes
 from convserve.serving.v2_protocol import BINARY_HEADER
 
 log = logging.getLogger("convserve")
@@ -180,14 +181,16 @@ def main(argv: list[str]) -> int:
     warnings.filterwarnings("ignore", category=FastAPIDeprecationWarning)
     settings = V2ServerSettings.model_validate_json(Path(argv[0]).read_text())
     model = ClassifierModel(
-        settings.model_name, settings.artifact, settings.backend, settings.threads, settings.top_k, settings.device
-    )
+        settings.model_name, settings.artifact, settings.backend, settings.threads, settings.top_k, settings.device,
+        batch_size=settings.batch_size, max_batch_delay_ms=settings.max_batch_delay_ms,
+    )  # fmt: skip
     app.add_middleware(RequestGate, token=os.environ.get(TOKEN_ENV) or None, max_body_bytes=settings.max_body_bytes)
     app.add_exception_handler(InputError, _input_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     server = BoundModelServer(settings.host, settings.port)
     server.register_model(model)  # registered unloaded: start([model]) would refuse a model that is not ready
+    add_torchserve_routes(app, {model.name: model})
     load_in_background(model, float(os.environ.get(TEST_LOAD_DELAY_ENV) or 0))
     server.start([])
     return 0

@@ -33,6 +33,15 @@ def build_parser() -> CliParser:
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, help="intra-op threads (default: the usable CPUs, at most 8)")
     p.add_argument("--top-k", type=int, default=TOP_K, help="classes in each answer, most likely first")
+    batching = V2ServerSettings.model_fields
+    p.add_argument(
+        "--batch-size", type=int, default=batching["batch_size"].default,
+        help="dynamic batching: images per backend call at most (1: none; default %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-batch-delay", type=float, default=batching["max_batch_delay_ms"].default, metavar="MS",
+        help="ms the first request of a batch waits for company (default %(default)s)",
+    )  # fmt: skip
     p.add_argument("--token-file", type=Path, help="file holding the bearer token (a mounted Secret)")
     p.add_argument("--token", default=os.environ.get(TOKEN_ENV), help=f"bearer token (default ${TOKEN_ENV})")
     p.add_argument("--run-dir", type=Path, default=Path("logs/kserve"), help="console.log, settings, server.json")
@@ -69,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             threads=args.threads,
             top_k=args.top_k,
             max_body_bytes=max(1, int(args.max_request_mb * 1024 * 1024)),
+            batch_size=args.batch_size,
+            max_batch_delay_ms=args.max_batch_delay,
         )
     except ValidationError as exc:
         raise ConvserveError(validation_message(exc)) from None

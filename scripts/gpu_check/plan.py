@@ -100,8 +100,9 @@ def dry_plan(nproc: int, compile_model: bool) -> Plan:
         dry_run=True,
         device="cpu",
         train_args=(*small_alexnet, "--limit-per-class", "3", "--batch-size", "8", "--epochs", "1"),
-        # 10 images a class, batch 5: 20 steps an epoch, so the kill lands inside one
-        kill_args=(*tiny, "--limit-per-class", "10", "--batch-size", "5"),
+        # 30 images a class, batch 3: 100 steps an epoch, so the kill lands inside one even when this process
+        # reads the progress line late on a busy machine (20 steps once let the run finish first)
+        kill_args=(*tiny, "--limit-per-class", "30", "--batch-size", "3"),
         kill_epochs=2,
         nproc=nproc,
         cifar_per_batch=40,

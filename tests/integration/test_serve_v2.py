@@ -312,6 +312,96 @@ def test_metrics_count_the_inferences(server):
     assert float(line.split()[-1]) >= 1
 
 
+# --- TorchServe's inference API on the v2 server ------------------------------------------------------------------
+
+
+def predictions_url(server) -> str:
+    return f"{server.url}/predictions/{MODEL}"
+
+
+def torchserve_bodies(data: bytes) -> dict[str, dict]:
+    """The request forms TorchServe's handler takes, as httpx keyword arguments."""
+    return {
+        "raw POST": {"content": data, "headers": {"Content-Type": "image/jpeg"}},
+        "multipart": {"files": {"data": ("photo.jpg", data, "image/jpeg")}},
+        "JSON base64": {"json": {"image": b64(data)}},
+    }
+
+
+def test_predictions_takes_torchserves_bodies_and_answers_as_torchserve(server, torchserve, images, reference):
+    with httpx.Client(timeout=60) as http:
+        for data, expected in zip(images[:4], reference.predict(images[:4]), strict=True):
+            theirs = http.post(torchserve.predictions_url(MODEL), content=data).json()
+            for form, kwargs in torchserve_bodies(data).items():
+                resp = http.post(predictions_url(server), **kwargs)
+                assert resp.status_code == 200, (form, resp.text)
+                ours = resp.json()
+                assert list(ours) == list(expected) == list(theirs), form  # the same labels, most likely first
+                assert list(ours.values()) == pytest.approx(list(theirs.values()), abs=1e-5), form
+            put = http.put(predictions_url(server), content=data)  # curl -T
+            assert put.status_code == 200 and list(put.json()) == list(expected)
+        assert http.get(f"{server.url}/ping").json() == {"status": "Healthy"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"content": b"", "headers": {"Content-Type": "image/jpeg"}}, "empty"),
+        ({"content": b"\x00\x01binary junk" * 50, "headers": {"Content-Type": "image/jpeg"}}, "supported"),
+        ({"json": {"image": "***not base64***"}}, "base64"),
+        ({"json": {"picture": "abc", "other": 1}}, "image"),
+        ({"content": b"{nope", "headers": {"Content-Type": "application/json"}}, "JSON"),
+    ],
+)
+def test_predictions_errors_are_torchserves(server, torchserve, kwargs, words):
+    """The same status and the same {"error", "code"} body as TorchServe's handler gives the same request."""
+    with httpx.Client(timeout=60) as http:
+        ours = http.post(predictions_url(server), **kwargs)
+        theirs = http.post(torchserve.predictions_url(MODEL), **kwargs)
+    assert 400 <= ours.status_code < 500 and ours.status_code == theirs.status_code, (ours.text, theirs.text)
+    assert ours.json() == theirs.json() and words in ours.json()["error"]
+
+
+def test_predictions_of_a_model_not_served_is_404(server):
+    resp = httpx.post(f"{server.url}/predictions/nope", content=b"x", timeout=60)
+    assert resp.status_code == 404 and resp.json()["code"] == 404 and "'nope'" in resp.json()["error"]
+
+
+def batch_counts(server) -> tuple[float, float]:
+    """(backend calls, images through them) from the server's Prometheus page."""
+    text = httpx.get(f"{server.url}/metrics", timeout=60).text
+    value = {line.split("{")[0]: float(line.split()[-1]) for line in text.splitlines() if f'"{MODEL}"' in line}
+    return value.get("convserve_batch_images_count", 0.0), value.get("convserve_batch_images_sum", 0.0)
+
+
+def test_concurrent_requests_share_backend_calls_and_keep_their_own_answers(server, images, reference):
+    """Good and bad requests at once on both routes: every good one gets its own answer, the batches hold
+    several requests (the server's batch-size histogram says so), a bad one fails alone."""
+    calls_before, images_before = batch_counts(server)
+    good = images * 4
+    bad = b"not an image at all" * 10
+    expected = reference.predict(good)
+
+    def send(item):
+        kind, data = item
+        with httpx.Client(timeout=60) as http:
+            if kind == "v2":
+                return http.post(server.infer_url, json=json_request([data]))
+            return http.post(predictions_url(server), content=data, headers={"Content-Type": "image/png"})
+
+    work = [("v2" if k % 2 else "ts", data) for k, data in enumerate(good)] + [("ts", bad), ("v2", bad)]
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(send, work))
+    for (kind, _), resp, exp in zip(work, responses, expected, strict=False):
+        assert resp.status_code == 200, resp.text
+        got = answers(resp.json())[0] if kind == "v2" else resp.json()
+        assert list(got) == list(exp)
+    assert [r.status_code for r in responses[len(good) :]] == [415, 415]
+    calls, total = batch_counts(server)
+    assert total - images_before == len(good)  # the bad ones never reached a batch
+    assert calls - calls_before < len(good)  # some calls held several requests
+
+
 def test_it_listens_on_loopback_only(server):
     listening = [c.laddr for c in psutil.Process(server.pid).connections("inet") if c.status == "LISTEN"]
     assert [(a.ip, a.port) for a in listening] == [("127.0.0.1", server.settings.port)]  # no 0.0.0.0, no gRPC
