@@ -75,7 +75,7 @@ def run(cmd: list[str], log: Path, timeout: float, env: dict | None = None) -> t
 
 
 def summary(code: int, seconds: float, last: str) -> str:
-    counts = re.search(r"(\d+ passed.*?) in ", last)
+    counts = re.search(r"(\d+ (?:failed|passed).*?) in ", last)
     verdict = "PASS" if code == 0 else ("TIMEOUT" if code == 124 else "FAIL")
     return f"{verdict} {counts.group(1) if counts else last[:80]} ({seconds:.0f} s)"
 
@@ -116,9 +116,8 @@ def table(rows: list[Row]) -> str:
             subprocess.run([r.found, "--version"], capture_output=True, text=True).stdout.strip() if r.found else ""
         )
         install = f"{r.install_s} s" if r.install_s is not None else "-"
-        lines.append(
-            f"| {r.name} | {version or r.note or '-'} | {r.torch or '-'} | {install} | {r.fast_suite} | {r.e2e} |"
-        )
+        cells = [r.name, version or r.note or "-", r.torch or "-", install, r.fast_suite, r.e2e, r.gpu_dry_run]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -127,7 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "matrix", help="venvs, logs and the table")
     p.add_argument("--only", nargs="*", default=None, help="row names or Python versions to run (default: all)")
     p.add_argument("--keep", action="store_true", help="keep the venvs (default: removed after their row)")
+    p.add_argument("--table", nargs="+", type=Path, metavar="JSON", help="print the table of earlier runs' matrix.json")
     args = p.parse_args(argv)
+    if args.table:
+        print(table([Row(**row) for path in args.table for row in json.loads(path.read_text())]))
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     rows = [r for r in default_rows() if not args.only or r.name in args.only or r.python[6:] in args.only]
     for row in rows:

@@ -91,3 +91,15 @@ def test_the_rule_keeps_latency_near_no_batching_and_throughput_near_the_best():
     assert (
         pick(judge([row(NO_BATCHING, 40.0, 25.0), row(Batching(batch_size=4, max_batch_delay_ms=50), 90, 40)])) is None
     )
+
+
+def test_the_v2_server_batches_with_the_same_default():
+    """The v2 server's dynamic batching (serving/dynamic_batching.py) starts from the archives' values: the server
+    settings, the CLI and therefore every deployment that runs it without the two flags."""
+    from convserve.serving.kserve_process import V2ServerSettings
+    from convserve.serving.serve_v2 import build_parser as v2_parser
+
+    settings = V2ServerSettings(artifact="a", model_name="m")
+    assert (settings.batch_size, settings.max_batch_delay_ms) == (DEFAULT.batch_size, DEFAULT.max_batch_delay_ms)
+    args = v2_parser().parse_args(["artifact"])
+    assert (args.batch_size, args.max_batch_delay) == (DEFAULT.batch_size, DEFAULT.max_batch_delay_ms)
