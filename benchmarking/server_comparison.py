@@ -205,12 +205,13 @@ def measure_v2(plan: ComparisonPlan, say) -> ServerFigures:
     settings = V2ServerSettings(
         artifact=plan.artifact, model_name=MODEL, port=free_port(), backend=plan.backend, threads=plan.intra_op_threads
     )
-    say("KServe ModelServer (v2): starting")
+    label = f"v2 server, KServe ModelServer (batch {settings.batch_size} / {settings.max_batch_delay_ms:g} ms)"
+    say(f"{label}: starting")
     with KServeProcess(settings, plan.work_dir / "servers" / "v2", startup_timeout=plan.startup_timeout_s) as server:
         payloads, headers = v2_payloads(plan)
         pid = server.proc.pid
         target = Target(server.infer_url, payloads, headers, lambda: [(pid, "uvicorn")])
-        return measure(target, plan, "KServe ModelServer (v2)", "v2 binary extension", server.startup_seconds, say)
+        return measure(target, plan, label, "v2 binary extension", server.startup_seconds, say)
 
 
 def compare_servers(plan: ComparisonPlan, say: Callable[[str], None] = print) -> list[ServerFigures]:

@@ -28,11 +28,11 @@ def test_quick_comparison_measures_both_servers(tmp_path, photos):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     servers = {s["server"]: s for s in results["servers"]}
-    assert set(servers) == {"TorchServe (no batching)", "KServe ModelServer (v2)"}
+    assert set(servers) == {"TorchServe (no batching)", "v2 server, KServe ModelServer (batch 16 / 2 ms)"}
     for s in servers.values():
         assert s["errors"] == {} and s["latency_c1"]["count"] >= 1 and s["throughput_rps"] > 0
         assert s["cold_start_s"] > 0 and s["rss_mb"] > 0 and s["cpu_ms_per_request"] > 0
-    assert servers["KServe ModelServer (v2)"]["request_form"] == "v2 binary extension"
+    assert servers["v2 server, KServe ModelServer (batch 16 / 2 ms)"]["request_form"] == "v2 binary extension"
     table = (out / "results.md").read_text()
     assert results["machine"]["cpu_model"] in table and "load average" in table
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
