@@ -9,7 +9,7 @@ import json
 
 from gpu_check.context import Context
 from gpu_check.report import Row, verdict
-from gpu_check.runs import call_cli, python_cmd, run_logged
+from gpu_check.runs import python_cmd, run_logged
 from gpu_check.training_checks import autocast_run
 
 
@@ -21,11 +21,12 @@ def process_group(device: str, nproc: int) -> str:
 
 
 def single_process_acc1(ctx: Context, folder) -> float:
-    """``training/evaluate.py`` on the torchrun run's own best.pt, in one process on the plan's device."""
-    from convserve.training import evaluate
-
+    """``training/evaluate.py`` on the torchrun run's own best.pt, as a process of its own on the plan's device (this
+    check may run in a background thread: an in-process CLI would redirect the whole process's stdout)."""
     log = ctx.log("torchrun-evaluate")
-    call_cli(evaluate.main, [str(folder / "checkpoints" / "best.pt"), "--device", ctx.plan.device, "--json"], log)
+    cmd = python_cmd("training/evaluate.py", str(folder / "checkpoints" / "best.pt"), "--device", ctx.plan.device,
+                     "--json")  # fmt: skip
+    run_logged(cmd, log, ctx.plan.timeout_s)
     text = log.read_text()
     result, _ = json.JSONDecoder().raw_decode(text[text.index("\n{") + 1 :])  # --json: the result, after "$ ..."
     return result["acc1"]
