@@ -60,7 +60,6 @@ class DynamicBatcher:
         self._queue: asyncio.Queue[_Waiting] | None = None
         self._held: _Waiting | None = None  # arrived too late for a full batch: first in the next one
         self._task: asyncio.Task | None = None
-        self.last_batch = 0  # images in the latest backend call (tests and the answer header read it)
 
     async def classify(self, images: list[torch.Tensor]) -> Rows:
         if self._queue is None:  # created in the serving loop, on first use
@@ -82,7 +81,6 @@ class DynamicBatcher:
                     if not waiting.answer.done():
                         waiting.answer.set_exception(exc)
                 continue
-            self.last_batch = len(images)
             BATCH_IMAGES.labels(self.model_name).observe(len(images))
             at = 0
             for waiting in batch:

@@ -59,9 +59,6 @@ def test_all_reduce_hands_the_backend_a_tensor_on_its_device_and_writes_back(mon
     def fake_all_reduce(tensor, op=None):
         seen.append(tensor.device)
 
-    class Moved(torch.Tensor):
-        pass
-
     monkeypatch.setattr(distributed, "collective_device", lambda: torch.device("meta"))
     monkeypatch.setattr(distributed.dist, "all_reduce", fake_all_reduce)
     sums = torch.tensor([1.0, 2.0], dtype=torch.float64)
