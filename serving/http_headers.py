@@ -4,3 +4,4 @@ Plain constants with no imports, so a load-test client reads them without pullin
 """
 
 BATCH_HEADER = "X-Convserve-Batch-Size"  # how many requests the answer's dynamic batch held
+WORKER_HEADER = "X-Convserve-Worker"  # which of the v2 server's worker processes answered (its index)

@@ -38,7 +38,8 @@ from convserve.serving.server_lifecycle import (
 from convserve.serving.v2_protocol import INPUT, LABELS, PROBABILITIES, json_request
 
 TOKEN_ENV = "CONVSERVE_TOKEN"
-# Test-only: seconds the server process waits before loading the model, so tests can see "not ready" answered.
+# Test-only: seconds a worker waits before loading the model, so tests can see "not ready" answered: "S" (every
+# worker) or "S:I" (worker I only).
 TEST_LOAD_DELAY_ENV = "CONVSERVE_TEST_ONLY_LOAD_DELAY_S"
 LOAD_FAILED = "convserve: the model failed to load:"
 
@@ -54,7 +55,8 @@ class V2ServerSettings(BaseModel):
     port: int = 8080
     backend: str = "auto"
     device: str = "auto"
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1)  # per worker; None: the worker's share of the usable CPUs
+    workers: int | None = Field(None, ge=1)  # None: as many as TorchServe would start here (hardware/cpu_share.py)
     top_k: int = Field(TOP_K, ge=1)
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)
     # dynamic batching (serving/dynamic_batching.py), TorchServe archives' default: images per backend call at
@@ -122,7 +124,7 @@ class KServeProcess(ServerLifecycle):
         env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
         if self.token:
             env[TOKEN_ENV] = self.token
-        cmd = [sys.executable, "-m", "convserve.serving.kserve_server", str(settings_file)]
+        cmd = [sys.executable, "-m", "convserve.serving.v2_workers", str(settings_file)]
         with open(self.run_dir / "console.log", "wb") as console:
             # a session of its own: stop() signals the server and anything it started as one group
             self.proc = subprocess.Popen(

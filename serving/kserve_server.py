@@ -1,15 +1,16 @@
 """The v2 server process: KServe's ModelServer serving one ClassifierModel, the model loading in the background.
 
-    python -m convserve.serving.kserve_server RUN_DIR/settings.json      (the token, if any, in $CONVSERVE_TOKEN)
+    python -m convserve.serving.kserve_server RUN_DIR/settings.json --worker I --workers N --threads T \
+        --listen-fd FD --ready-dir DIR                                  (the token, if any, in $CONVSERVE_TOKEN)
 
-serving/kserve_process.py starts it; nothing else imports it (importing kserve parses sys.argv: kserve.model_server
-reads its own flags at import).
+serving/v2_workers.py starts one per worker, all accepting on the socket it bound (FD); nothing else imports this
+module (importing kserve parses sys.argv: kserve.model_server reads its own flags at import).
 
 Where this departs from KServe 0.21's defaults, and why:
 - the REST server binds the host it is given (KServe's binds 0.0.0.0 whatever it is asked);
-- GET /v2/health/ready is true only once the model is loaded, as the protocol defines server readiness (KServe's
-  answers true as soon as the server runs: its ModelServer normally starts with loaded models only; this one
-  starts first, so the health routes answer while the model loads);
+- GET /v2/health/ready is true only once the model is loaded in every worker, as the protocol defines server
+  readiness (KServe's answers true as soon as the server runs: its ModelServer normally starts with loaded models
+  only; this one starts first, so the health routes answer while the model loads);
 - elements of a BYTES tensor sent with the binary data extension stay raw bytes (KServe turns them into UTF-8
   text, which encoded images are not, and answers 500);
 - a malformed request is a 400 ``{"error": ...}`` (KServe answers some with 500, FastAPI with 422 ``{"detail"}``);
@@ -18,13 +19,16 @@ Where this departs from KServe 0.21's defaults, and why:
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import socket
 import struct
 import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,21 +43,28 @@ from kserve.protocol.infer_type import RequestedOutput
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from convserve.common.errors import InputError, one_line
+from convserve.serving.http_headers import WORKER_HEADER
 from convserve.serving.kserve_model import HOW_TO, ClassifierModel
 from convserve.serving.kserve_process import LOAD_FAILED, TEST_LOAD_DELAY_ENV, TOKEN_ENV, V2ServerSettings
 from convserve.serving.request_gate import RequestGate
 from convserve.serving.torchserve_routes import add_torchserve_routes
 from convserve.serving.v2_protocol import BINARY_HEADER
+from convserve.serving.v2_workers import LOAD_FAILED_CODE, all_ready, mark_ready
 
 log = logging.getLogger("convserve")
 
 
 class ReadyWhenLoaded(DataPlane):
-    """KServe's data plane with the protocol's readiness and a raw-bytes reading of binary tensor data."""
+    """KServe's data plane with the protocol's readiness (this worker's model and every other worker's) and a
+    raw-bytes reading of binary tensor data."""
+
+    def __init__(self, model_registry: Any, peers_ready: Callable[[], bool]):
+        super().__init__(model_registry=model_registry)
+        self.peers_ready = peers_ready
 
     async def ready(self) -> bool:
         models = list(self.model_registry.get_models().values())
-        return bool(models) and all([await model.healthy() for model in models])
+        return bool(models) and all([await model.healthy() for model in models]) and self.peers_ready()
 
     def decode(self, body: Any, headers: dict, protocol_version: str = "v1", model_name: str | None = None):
         try:
@@ -114,18 +125,42 @@ def _requested(index: int, spec: Any) -> RequestedOutput:
     return RequestedOutput(str(spec["name"]), spec.get("parameters"))
 
 
-class BoundModelServer(ModelServer):
-    """KServe's ModelServer, REST only, listening on ``host``, with the readiness the protocol defines."""
+class WorkerModelServer(ModelServer):
+    """KServe's ModelServer, REST only, serving on a socket it is given (``listener``: bound by the worker pool),
+    with the readiness the protocol defines."""
 
-    def __init__(self, host: str, port: int):
-        super().__init__(http_port=port, enable_grpc=False, workers=1, enable_latency_logging=False)
-        self.host = host
-        self.dataplane = ReadyWhenLoaded(model_registry=self.registered_models)
+    def __init__(self, listener: socket.socket, peers_ready: Callable[[], bool]):
+        super().__init__(
+            http_port=listener.getsockname()[1], enable_grpc=False, workers=1, enable_latency_logging=False
+        )
+        self.listener = listener
+        self.dataplane = ReadyWhenLoaded(self.registered_models, peers_ready)
 
     def setup_event_loop(self) -> None:
-        # start() has built its REST server by now, with host 0.0.0.0; uvicorn reads the host when it serves
-        self._rest_server.config.host = self.host
+        # start() has queued its REST server's start(), which would bind 0.0.0.0 itself: serve the given socket
+        self.servers[0].close()
+        self.servers[0] = self._serve_rest()
         super().setup_event_loop()
+
+    async def _serve_rest(self) -> None:
+        self._rest_server.create_application()
+        await self._rest_server._server.serve(sockets=[self.listener])
+
+
+class WorkerHeader:
+    """Names the worker that answered in every response (``X-Convserve-Worker``): which process a client hit."""
+
+    def __init__(self, app: Callable, index: int):
+        self.app = app
+        self.header = (WORKER_HEADER.lower().encode(), str(index).encode())
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        async def send_named(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, send_named if scope["type"] == "http" else send)
 
 
 async def _input_error(request: Request, exc: InputError) -> JSONResponse:
@@ -157,9 +192,9 @@ def validation_problems(errors: list[dict]) -> str:
     return "malformed inference request: " + "; ".join(parts)
 
 
-def load_in_background(model: ClassifierModel, delay_s: float) -> threading.Thread:
-    """Load while the server already answers (health says not ready until then); a model that cannot load ends
-    the process with the reason, for serving/kserve_process.py to report."""
+def load_in_background(model: ClassifierModel, delay_s: float, loaded: Callable[[], None]) -> threading.Thread:
+    """Load while the server already answers (health says not ready until then), then call ``loaded``; a model
+    that cannot load ends the process with the reason, for serving/kserve_process.py to report."""
 
     def work() -> None:
         try:
@@ -167,7 +202,8 @@ def load_in_background(model: ClassifierModel, delay_s: float) -> threading.Thre
             model.load()
         except Exception as exc:  # any reason at all: a server without its model must not stay up
             print(f"{LOAD_FAILED} {one_line(exc)}", flush=True)
-            os._exit(3)
+            os._exit(LOAD_FAILED_CODE)
+        loaded()
         log.info("convserve: model %s loaded", model.name)
 
     thread = threading.Thread(target=work, name="convserve-load", daemon=True)
@@ -175,23 +211,42 @@ def load_in_background(model: ClassifierModel, delay_s: float) -> threading.Thre
     return thread
 
 
+def test_load_delay(worker: int) -> float:
+    seconds, _, only = (os.environ.get(TEST_LOAD_DELAY_ENV) or "0").partition(":")
+    return float(seconds) if not only or int(only) == worker else 0.0
+
+
+def parse_worker_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m convserve.serving.kserve_server")
+    p.add_argument("settings", type=Path)
+    p.add_argument("--worker", type=int, required=True, help="this worker's index")
+    p.add_argument("--workers", type=int, required=True, help="workers sharing the socket")
+    p.add_argument("--threads", type=int, required=True, help="intra-op threads of this worker")
+    p.add_argument("--listen-fd", type=int, required=True, help="the listening socket, inherited")
+    p.add_argument("--ready-dir", type=Path, required=True, help="where workers mark themselves loaded")
+    return p.parse_args(argv)
+
+
 def main(argv: list[str]) -> int:
     # KServe 0.21 answers v1 requests with FastAPI's ORJSONResponse, which FastAPI deprecates: without this, one
     # warning (four lines on the console) per request
     warnings.filterwarnings("ignore", category=FastAPIDeprecationWarning)
-    settings = V2ServerSettings.model_validate_json(Path(argv[0]).read_text())
+    args = parse_worker_args(argv)
+    settings = V2ServerSettings.model_validate_json(args.settings.read_text())
     model = ClassifierModel(
-        settings.model_name, settings.artifact, settings.backend, settings.threads, settings.top_k, settings.device,
+        settings.model_name, settings.artifact, settings.backend, args.threads, settings.top_k, settings.device,
         batch_size=settings.batch_size, max_batch_delay_ms=settings.max_batch_delay_ms,
     )  # fmt: skip
     app.add_middleware(RequestGate, token=os.environ.get(TOKEN_ENV) or None, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(WorkerHeader, index=args.worker)
     app.add_exception_handler(InputError, _input_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    server = BoundModelServer(settings.host, settings.port)
+    listener = socket.socket(fileno=args.listen_fd)
+    server = WorkerModelServer(listener, peers_ready=lambda: all_ready(args.ready_dir, args.workers))
     server.register_model(model)  # registered unloaded: start([model]) would refuse a model that is not ready
     add_torchserve_routes(app, {model.name: model})
-    load_in_background(model, float(os.environ.get(TEST_LOAD_DELAY_ENV) or 0))
+    load_in_background(model, test_load_delay(args.worker), loaded=lambda: mark_ready(args.ready_dir, args.worker))
     server.start([])
     return 0
 

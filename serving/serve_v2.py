@@ -31,7 +31,10 @@ def build_parser() -> CliParser:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--backend", default="auto", help="auto|onnx|torchscript|eager|onnx-fp16|onnx-int8")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, help="intra-op threads (default: the usable CPUs, at most 8)")
+    p.add_argument(
+        "--workers", type=int, help="worker processes sharing the port (default: as TorchServe splits the usable CPUs)"
+    )
+    p.add_argument("--threads", type=int, help="intra-op threads per worker (default: its share of the usable CPUs)")
     p.add_argument("--top-k", type=int, default=TOP_K, help="classes in each answer, most likely first")
     batching = V2ServerSettings.model_fields
     p.add_argument(
@@ -76,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             backend=args.backend,
             device=args.device,
             threads=args.threads,
+            workers=args.workers,
             top_k=args.top_k,
             max_body_bytes=max(1, int(args.max_request_mb * 1024 * 1024)),
             batch_size=args.batch_size,

@@ -67,6 +67,7 @@ def artifact(digits_run, tmp_path_factory) -> Path:
 def server(artifact, tmp_path_factory):
     with KServeProcess(settings_for(artifact), tmp_path_factory.mktemp("v2-run")) as srv:
         srv.pid = srv.proc.pid
+        srv.workers = sorted(child.pid for child in psutil.Process(srv.pid).children())
         yield srv
 
 
@@ -408,8 +409,9 @@ def test_it_listens_on_loopback_only(server):
 
 
 def test_the_server_survived_all_of_it(server, images, reference):
-    """Last in the module: the same process answers after every bad request above."""
+    """Last in the module: the same processes answer after every bad request above (no worker was replaced)."""
     assert server.proc.poll() is None and server.proc.pid == server.pid
+    assert sorted(child.pid for child in psutil.Process(server.pid).children()) == server.workers
     resp = httpx.post(server.infer_url, json=json_request(images[:1]), timeout=60)
     assert_same(answers(resp.json()), reference.predict(images[:1]))
 

@@ -1,0 +1,181 @@
+"""The v2 server's worker processes: one listening socket, bound here and shared by N workers
+(serving/kserve_server.py, each KServe's ModelServer with its own copy of the model and its share of the CPUs).
+Every worker accepts from the same socket, so a new connection goes to whichever worker is free to take it.
+
+    python -m convserve.serving.v2_workers RUN_DIR/settings.json      (serving/kserve_process.py starts it)
+
+- Ready: each worker writes ``RUN_DIR/ready/<index>`` (its pid) once its model has loaded; every worker answers
+  GET /v2/health/ready with true only while each index holds the mark of a live process, so the server is ready
+  when all workers are, and not while one is being replaced.
+- A worker that dies (a crash, kill -9, the OOM killer) is replaced at once; its connections are lost, the
+  other workers keep answering. A worker that could not load its model (exit code 3) stops the server: the
+  artifact is broken, and a replacement would fail the same way.
+- SIGTERM or SIGINT: every worker gets SIGTERM and drains (uvicorn stops accepting, finishes the requests in
+  flight, then exits); a worker still there after ``GRACE_S`` is killed.
+
+KServe 0.21's own multi-process mode (``ModelServer(workers=N)``) is not used: its workers re-import
+``kserve.model_server:app`` in a fresh interpreter, without this server's routes, gate and readiness, and
+receive the parent's model pickled instead of loading their own.
+
+Only the standard library here: this process holds no model and stays small.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from convserve.hardware.cpu_share import default_threads, default_workers
+
+LOAD_FAILED_CODE = 3  # a worker's exit code when its model cannot load (serving/kserve_server.py)
+GRACE_S = 35.0  # uvicorn's graceful shutdown (KServe's grace period, 30 s), and a little more
+BACKLOG = 2048
+MAX_EARLY_DEATHS = 3  # a worker that keeps dying before it ever loads is not replaced forever
+
+
+def ready_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "ready"
+
+
+def mark_ready(folder: Path, index: int) -> None:
+    """A worker's model has loaded (written by the worker itself)."""
+    tmp = folder / f".{index}.{os.getpid()}"
+    tmp.write_text(str(os.getpid()))
+    tmp.replace(folder / str(index))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def all_ready(folder: Path, workers: int) -> bool:
+    """Every worker index holds the mark of a process that still runs."""
+    for index in range(workers):
+        try:
+            pid = int((folder / str(index)).read_text())
+        except (OSError, ValueError):
+            return False
+        if not _alive(pid):
+            return False
+    return True
+
+
+def worker_split(workers: int | None, threads: int | None) -> tuple[int, int]:
+    """(workers, intra-op threads each): TorchServe's split of the usable CPUs unless either is given."""
+    count = workers or default_workers()
+    return count, threads or default_threads(count)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(BACKLOG)
+    sock.set_inheritable(True)
+    return sock
+
+
+class WorkerPool:
+    """Start ``workers`` processes on ``sock``, replace the ones that die, drain them all on a stop signal."""
+
+    def __init__(self, settings_file: Path, sock: socket.socket, workers: int, threads: int):
+        self.settings_file = settings_file
+        self.sock = sock
+        self.workers = workers
+        self.threads = threads
+        self.marks = ready_dir(settings_file.parent)
+        self.procs: list[subprocess.Popen] = []
+        self.early_deaths = [0] * workers
+        self.stopping = False
+        self.exit_code = 0
+
+    def command(self, index: int) -> list[str]:
+        return [
+            sys.executable, "-m", "convserve.serving.kserve_server", str(self.settings_file),
+            "--worker", str(index), "--workers", str(self.workers), "--threads", str(self.threads),
+            "--listen-fd", str(self.sock.fileno()), "--ready-dir", str(self.marks),
+        ]  # fmt: skip
+
+    def spawn(self, index: int) -> subprocess.Popen:
+        (self.marks / str(index)).unlink(missing_ok=True)
+        return subprocess.Popen(self.command(index), pass_fds=[self.sock.fileno()])
+
+    def run(self) -> int:
+        self.marks.mkdir(parents=True, exist_ok=True)
+        for stale in self.marks.iterdir():
+            stale.unlink()
+        self.procs = [self.spawn(index) for index in range(self.workers)]
+        say(f"{self.workers} worker(s) of {self.threads} thread(s), pids {[p.pid for p in self.procs]}")
+        while not self.stopping:
+            time.sleep(0.1)
+            self.replace_dead()
+        self.drain()
+        return self.exit_code
+
+    def replace_dead(self) -> None:
+        for index, proc in enumerate(self.procs):
+            code = proc.poll()
+            if code is None or self.stopping:
+                continue
+            was_ready = (self.marks / str(index)).exists()
+            self.early_deaths[index] = 0 if was_ready else self.early_deaths[index] + 1
+            if code == LOAD_FAILED_CODE or self.early_deaths[index] >= MAX_EARLY_DEATHS:
+                say(f"worker {index} (pid {proc.pid}) could not load the model (exit code {code}); stopping")
+                self.exit_code, self.stopping = LOAD_FAILED_CODE, True
+                return
+            how = f"signal {-code}" if code < 0 else f"exit code {code}"
+            self.procs[index] = self.spawn(index)
+            say(f"worker {index} (pid {proc.pid}) ended with {how}; started pid {self.procs[index].pid}")
+
+    def drain(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + GRACE_S
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                say(f"worker pid {proc.pid} still busy after {GRACE_S:.0f} s; killing it")
+                proc.kill()
+                proc.wait()
+
+
+def say(message: str) -> None:
+    print(f"convserve: {message}", flush=True)
+
+
+def main(argv: list[str]) -> int:
+    settings_file = Path(argv[0]).resolve()
+    settings = json.loads(settings_file.read_text())
+    workers, threads = worker_split(settings.get("workers"), settings.get("threads"))
+    try:
+        sock = listen(settings["host"], settings["port"])
+    except OSError as exc:
+        say(f"cannot listen on {settings['host']}:{settings['port']}: {exc.strerror}")
+        return 1
+    pool = WorkerPool(settings_file, sock, workers, threads)
+
+    def stop(signum: int, frame: object) -> None:
+        pool.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return pool.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

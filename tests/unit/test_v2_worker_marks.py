@@ -1,0 +1,32 @@
+"""The v2 server's readiness marks and its split of the CPUs between worker processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from convserve.hardware import cpu_share
+from convserve.serving.v2_workers import all_ready, mark_ready, worker_split
+
+
+def test_ready_needs_a_mark_of_a_live_process_for_every_worker(tmp_path):
+    assert not all_ready(tmp_path, 2)
+    mark_ready(tmp_path, 0)
+    assert all_ready(tmp_path, 1) and not all_ready(tmp_path, 2)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "1").write_text(dead.stdout.strip())  # a worker that died after it loaded
+    assert not all_ready(tmp_path, 2)
+    mark_ready(tmp_path, 1)
+    assert all_ready(tmp_path, 2)
+    (tmp_path / "1").write_text("garbage")
+    assert not all_ready(tmp_path, 2)
+
+
+def test_the_split_is_torchserves_unless_given(monkeypatch):
+    monkeypatch.setattr(cpu_share, "usable_cpus", lambda: 16)
+    assert worker_split(None, None) == (2, 8)
+    assert worker_split(4, None) == (4, 4)
+    assert worker_split(3, 2) == (3, 2)
+    monkeypatch.setattr(cpu_share, "usable_cpus", lambda: 2)
+    assert worker_split(None, None) == (1, 2)
+    assert worker_split(2, None) == (2, 1)
