@@ -16,7 +16,6 @@ import pytest
 
 from convserve.serving.http_headers import WORKER_HEADER
 from convserve.serving.kserve_process import TEST_LOAD_DELAY_ENV, KServeProcess, V2ServerSettings
-from convserve.serving.v2_protocol import json_request
 from convserve.serving.v2_workers import ready_dir
 from tests.serving_helpers import build_artifact, free_port
 
