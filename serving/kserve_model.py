@@ -235,6 +235,9 @@ def v2_response(model_name: str, rows: list[dict[str, float]], request: InferReq
         InferOutput(LABELS, list(labels.shape), "BYTES", labels),
         InferOutput(PROBABILITIES, list(probabilities.shape), "FP32", probabilities),
     ]
+    if request.from_grpc:  # KServe 0.21's to_grpc() tests an array's truth (ValueError): hand it raw bytes
+        for output, array in zip(outputs, (labels, probabilities), strict=True):
+            output.set_data_from_numpy(array, binary_data=True)
     return InferResponse(
         request.id or str(uuid.uuid4()),  # the response model requires one; the protocol echoes the request's
         model_name,

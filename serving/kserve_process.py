@@ -53,6 +53,7 @@ class V2ServerSettings(BaseModel):
     model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     host: str = "127.0.0.1"
     port: int = 8080
+    grpc_port: int | None = None  # the protocol's gRPC service on this port; None: REST only
     backend: str = "auto"
     device: str = "auto"
     threads: int | None = Field(None, ge=1)  # per worker; None: the worker's share of the usable CPUs
@@ -98,8 +99,17 @@ class KServeProcess(ServerLifecycle):
     @property
     def url(self) -> str:
         """Where a local client reaches the server (a wildcard bind is reached on loopback)."""
-        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "::") else self.settings.host
-        return f"http://{url_host(host)}:{self.settings.port}"
+        return f"http://{url_host(self.local_host)}:{self.settings.port}"
+
+    @property
+    def local_host(self) -> str:
+        """The address a local client reaches (a wildcard bind is reached on loopback)."""
+        return "127.0.0.1" if self.settings.host in ("0.0.0.0", "::") else self.settings.host
+
+    @property
+    def grpc_target(self) -> str:
+        """host:port for a gRPC client (tritonclient.grpc's url)."""
+        return f"{url_host(self.local_host)}:{self.settings.grpc_port}"
 
     @property
     def infer_url(self) -> str:
@@ -118,6 +128,8 @@ class KServeProcess(ServerLifecycle):
         s = self.settings
         if not port_is_free(s.host, s.port):
             raise ConvserveError(f"port {s.port} on {s.host} is in use; pick another with --port")
+        if s.grpc_port is not None and (s.grpc_port == s.port or not port_is_free(s.host, s.grpc_port)):
+            raise ConvserveError(f"gRPC port {s.grpc_port} on {s.host} is in use; pick another with --grpc-port")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         settings_file = self.run_dir / "settings.json"
         write_text_atomic(settings_file, s.model_dump_json(indent=1) + "\n")
@@ -184,6 +196,9 @@ def usage_text(server: KServeProcess) -> str:
         f'{{"inputs":[{{"name":"{INPUT}","datatype":"BYTES","shape":[1],"data":["\'"$(base64 -w0 photo.jpg)"\'"]}}]}}'
     )
     lines.append(f"  try: curl {auth}-H 'Content-Type: application/json' -d '{body}' {server.infer_url}")
+    lines.append(f"  TorchServe's route: curl {auth}-T photo.jpg {server.url}/predictions/{s.model_name}")
+    if s.grpc_port is not None:
+        lines.append(f"  gRPC (Open Inference Protocol): {server.grpc_target}")
     lines.append(f"  health {server.url}/v2/health/ready, metadata {server.url}/v2/models/{s.model_name}")
     lines.append(f"  metrics {server.url}/metrics; log in {server.run_dir / 'console.log'}")
     return "\n".join(lines)

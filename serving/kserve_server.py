@@ -14,7 +14,8 @@ Where this departs from KServe 0.21's defaults, and why:
 - elements of a BYTES tensor sent with the binary data extension stay raw bytes (KServe turns them into UTF-8
   text, which encoded images are not, and answers 500);
 - a malformed request is a 400 ``{"error": ...}`` (KServe answers some with 500, FastAPI with 422 ``{"detail"}``);
-- no gRPC server: REST only, so nothing listens that the token does not guard.
+- the gRPC service (with a gRPC port) listens on the given host too and follows the REST routes' rules
+  (serving/v2_grpc.py).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from convserve.serving.kserve_model import HOW_TO, ClassifierModel
 from convserve.serving.kserve_process import LOAD_FAILED, TEST_LOAD_DELAY_ENV, TOKEN_ENV, V2ServerSettings
 from convserve.serving.request_gate import RequestGate
 from convserve.serving.torchserve_routes import add_torchserve_routes
+from convserve.serving.v2_grpc import grpc_server
 from convserve.serving.v2_protocol import BINARY_HEADER
 from convserve.serving.v2_workers import LOAD_FAILED_CODE, all_ready, mark_ready
 
@@ -126,25 +128,36 @@ def _requested(index: int, spec: Any) -> RequestedOutput:
 
 
 class WorkerModelServer(ModelServer):
-    """KServe's ModelServer, REST only, serving on a socket it is given (``listener``: bound by the worker pool),
-    with the readiness the protocol defines."""
+    """KServe's ModelServer serving REST on a socket it is given (``listener``: bound by the worker pool) and, with
+    a ``grpc_port``, the protocol's gRPC service (serving/v2_grpc.py), with the readiness the protocol defines."""
 
-    def __init__(self, listener: socket.socket, peers_ready: Callable[[], bool]):
+    def __init__(self, listener: socket.socket, peers_ready: Callable[[], bool], settings: V2ServerSettings):
         super().__init__(
             http_port=listener.getsockname()[1], enable_grpc=False, workers=1, enable_latency_logging=False
         )
         self.listener = listener
+        self.settings = settings
         self.dataplane = ReadyWhenLoaded(self.registered_models, peers_ready)
 
     def setup_event_loop(self) -> None:
         # start() has queued its REST server's start(), which would bind 0.0.0.0 itself: serve the given socket
         self.servers[0].close()
-        self.servers[0] = self._serve_rest()
+        self.servers[0] = self._serve()
         super().setup_event_loop()
 
-    async def _serve_rest(self) -> None:
+    async def _serve(self) -> None:
+        """REST until a stop signal (uvicorn drains its requests), gRPC beside it, drained after it."""
+        s = self.settings
+        grpc = None
+        if s.grpc_port is not None:
+            token = os.environ.get(TOKEN_ENV) or None
+            repository = self.model_repository_extension
+            grpc = grpc_server(self.dataplane, repository, s.host, s.grpc_port, token, s.max_body_bytes)
+            await grpc.start()
         self._rest_server.create_application()
         await self._rest_server._server.serve(sockets=[self.listener])
+        if grpc is not None:
+            await grpc.stop(grace=self._rest_server.config.timeout_graceful_shutdown)
 
 
 class WorkerHeader:
@@ -243,7 +256,7 @@ def main(argv: list[str]) -> int:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     listener = socket.socket(fileno=args.listen_fd)
-    server = WorkerModelServer(listener, peers_ready=lambda: all_ready(args.ready_dir, args.workers))
+    server = WorkerModelServer(listener, lambda: all_ready(args.ready_dir, args.workers), settings)
     server.register_model(model)  # registered unloaded: start([model]) would refuse a model that is not ready
     add_torchserve_routes(app, {model.name: model})
     load_in_background(model, test_load_delay(args.worker), loaded=lambda: mark_ready(args.ready_dir, args.worker))

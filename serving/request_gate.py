@@ -20,6 +20,8 @@ from typing import Any
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 REPOSITORY_PREFIX = "/v2/repository/"
 MIN_TOKEN_LENGTH = 16  # as docker/token_gate.py asks of the Kubernetes Secret
+TOKEN_MISSING = "missing or wrong bearer token (Authorization: Bearer <token>)"
+REPOSITORY_OFF = "the model repository API is off: the model comes from the command line"
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict]]
@@ -79,14 +81,14 @@ class RequestGate:
     def _refusal(self, scope: Scope) -> tuple | None:
         path = scope["path"]
         if path.startswith(REPOSITORY_PREFIX):
-            return 405, "the model repository API is off: the model comes from the command line"
+            return 405, REPOSITORY_OFF
         if (
             self.token
             and path not in OPEN_PATHS
             and not bearer_matches(_header(scope, b"authorization") or "", self.token)
         ):
             challenge = [(b"www-authenticate", b"Bearer")]
-            return 401, "missing or wrong bearer token (Authorization: Bearer <token>)", challenge
+            return 401, TOKEN_MISSING, challenge
         declared = _header(scope, b"content-length")
         if declared is not None and not declared.strip().isdigit():
             return 400, f"Content-Length {declared!r} is not a byte count"

@@ -1,7 +1,7 @@
 """Serve an artifact folder through the Open Inference Protocol (KServe v2) with KServe's own ModelServer; return
 once the model REALLY answers (or stay in front with --foreground).
 
-python serving/serve_v2.py artifacts/digits --model-name digits --port 8090                      # background
+python serving/serve_v2.py artifacts/digits --model-name digits --port 8090 --grpc-port 8091     # background
 python serving/serve_v2.py artifacts/digits --model-name digits --host 0.0.0.0 --token-file token --foreground
 python serving/serve_v2.py --stop --run-dir logs/kserve
 
@@ -28,7 +28,8 @@ def build_parser() -> CliParser:
     p.add_argument("artifact", type=Path, nargs="?", help="artifact folder (model file, model_card.json, labels)")
     p.add_argument("--model-name", help="name in the URLs (default: the card's name)")
     p.add_argument("--host", default="127.0.0.1", help="listen address; beyond loopback needs a token")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=int, default=8080, help="REST (HTTP) port")
+    p.add_argument("--grpc-port", type=int, default=8081, help="the protocol's gRPC service (0: REST only)")
     p.add_argument("--backend", default="auto", help="auto|onnx|torchscript|eager|onnx-fp16|onnx-int8")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
     p.add_argument(
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             model_name=args.model_name or read_card(args.artifact).name,
             host=args.host,
             port=args.port,
+            grpc_port=args.grpc_port or None,
             backend=args.backend,
             device=args.device,
             threads=args.threads,
