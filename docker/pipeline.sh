@@ -70,7 +70,7 @@ case "$step" in
                 [ -f "$ARTIFACT/model_card.json" ] || { echo "error: no artifact at $ARTIFACT (run the export step first)" >&2; exit 2; }
                 exec python serving/serve_v2.py "$ARTIFACT" --model-name "$MODEL" \
                     --host "${CONVSERVE_SERVE_HOST:-0.0.0.0}" --port "${CONVSERVE_SERVE_PORT:-8080}" \
-                    --run-dir "$SERVE_DIR" --foreground "$@"
+                    --grpc-port "${CONVSERVE_GRPC_PORT:-8081}" --run-dir "$SERVE_DIR" --foreground "$@"
                 ;;
             *)
                 echo "error: CONVSERVE_SERVER must be torchserve or kserve, not '$CONVSERVE_SERVER'" >&2

