@@ -36,11 +36,13 @@ from typing import Any
 import orjson
 from fastapi import Request
 from fastapi.exceptions import FastAPIDeprecationWarning, RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from kserve import InferInput, InferRequest, ModelServer
 from kserve.model_server import app
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import RequestedOutput
+from prometheus_client import CollectorRegistry, exposition
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from convserve.common.errors import InputError, one_line
@@ -154,10 +156,19 @@ class WorkerModelServer(ModelServer):
             repository = self.model_repository_extension
             grpc = grpc_server(self.dataplane, repository, s.host, s.grpc_port, token, s.max_body_bytes)
             await grpc.start()
+        app.add_api_route("/metrics", all_workers_metrics, methods=["GET"])  # before KServe's own, so it answers
         self._rest_server.create_application()
         await self._rest_server._server.serve(sockets=[self.listener])
         if grpc is not None:
             await grpc.stop(grace=self._rest_server.config.timeout_graceful_shutdown)
+
+
+def all_workers_metrics(request: Request) -> Response:
+    """Every worker's Prometheus figures, summed (the workers write them to $PROMETHEUS_MULTIPROC_DIR)."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    encoder, content_type = exposition.choose_encoder(request.headers.get("accept", ""))
+    return Response(encoder(registry), headers={"content-type": content_type})
 
 
 class WorkerHeader:

@@ -10,6 +10,8 @@ Every worker accepts from the same socket, so a new connection goes to whichever
 - A worker that dies (a crash, kill -9, the OOM killer) is replaced at once; its connections are lost, the
   other workers keep answering. A worker that could not load its model (exit code 3) stops the server: the
   artifact is broken, and a replacement would fail the same way.
+- Metrics: the workers write their Prometheus figures to ``RUN_DIR/metrics`` (prometheus_client's multiprocess
+  mode), so GET /metrics on any worker answers for all of them (a replaced worker's counts included).
 - SIGTERM or SIGINT: every worker gets SIGTERM and drains (uvicorn stops accepting, finishes the requests in
   flight, then exits); a worker still there after ``GRACE_S`` is killed.
 
@@ -39,8 +41,19 @@ BACKLOG = 2048
 MAX_EARLY_DEATHS = 3  # a worker that keeps dying before it ever loads is not replaced forever
 
 
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when it is imported
+
+
 def ready_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "ready"
+
+
+def fresh_folder(folder: Path) -> Path:
+    """``folder``, created or emptied: marks and metric files of an earlier run count for nothing."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.iterdir():
+        stale.unlink()
+    return folder
 
 
 def mark_ready(folder: Path, index: int) -> None:
@@ -97,6 +110,7 @@ class WorkerPool:
         self.workers = workers
         self.threads = threads
         self.marks = ready_dir(settings_file.parent)
+        self.metrics = settings_file.parent / "metrics"
         self.procs: list[subprocess.Popen] = []
         self.early_deaths = [0] * workers
         self.stopping = False
@@ -111,12 +125,12 @@ class WorkerPool:
 
     def spawn(self, index: int) -> subprocess.Popen:
         (self.marks / str(index)).unlink(missing_ok=True)
-        return subprocess.Popen(self.command(index), pass_fds=[self.sock.fileno()])
+        env = {**os.environ, METRICS_ENV: str(self.metrics)}
+        return subprocess.Popen(self.command(index), pass_fds=[self.sock.fileno()], env=env)
 
     def run(self) -> int:
-        self.marks.mkdir(parents=True, exist_ok=True)
-        for stale in self.marks.iterdir():
-            stale.unlink()
+        fresh_folder(self.marks)
+        fresh_folder(self.metrics)
         self.procs = [self.spawn(index) for index in range(self.workers)]
         say(f"{self.workers} worker(s) of {self.threads} thread(s), pids {[p.pid for p in self.procs]}")
         while not self.stopping:

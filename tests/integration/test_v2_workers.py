@@ -56,18 +56,28 @@ def test_two_workers_answer_on_one_port_each_with_its_share_of_threads(artifact,
         assert len(pids) == 2
         listening = [c for c in psutil.Process(server.proc.pid).connections("inet") if c.status == "LISTEN"]
         assert [c.laddr.port for c in listening] == [server.settings.port]
-        answered_by = set()
+        answered_by, sent = set(), 0
         for _ in range(5):  # an idle worker usually takes every connection: load both at once
             responses = post_all(server, image, 48, concurrency=12)
+            sent += len(responses)
             assert {r.status_code for r in responses} == {200}
             assert len({r.text for r in responses}) == 1  # the same model in each
             answered_by |= {r.headers[WORKER_HEADER] for r in responses}
             if answered_by == {"0", "1"}:
                 break
         assert answered_by == {"0", "1"}
+        # whichever worker answers /metrics counts the images of both (the probe's image at start included)
+        for _ in range(4):
+            assert images_through_batches(server) == sent + 1
         expected_threads = max(1, min(len(os.sched_getaffinity(0)) // 2, 8))
         for pid in pids:
             assert f"--threads {expected_threads}" in " ".join(psutil.Process(pid).cmdline())
+
+
+def images_through_batches(server: KServeProcess) -> float:
+    with httpx.Client(timeout=30) as http:
+        text = http.get(f"{server.url}/metrics").text
+    return sum(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith("convserve_batch_images_sum"))
 
 
 def test_ready_only_once_every_worker_has_loaded(artifact, tmp_path, monkeypatch, photos):
