@@ -62,6 +62,11 @@ class DynamicBatcher:
         self._task: asyncio.Task | None = None
 
     async def classify(self, images: list[torch.Tensor]) -> Rows:
+        rows, _ = await self.classify_counted(images)
+        return rows
+
+    async def classify_counted(self, images: list[torch.Tensor]) -> tuple[Rows, int]:
+        """The rows of ``images`` and how many images the backend call that computed them held."""
         if self._queue is None:  # created in the serving loop, on first use
             self._queue = asyncio.Queue()
             self._task = asyncio.get_running_loop().create_task(self._serve())
@@ -86,7 +91,7 @@ class DynamicBatcher:
             for waiting in batch:
                 BATCH_WAIT.labels(self.model_name).observe(started - waiting.arrived)
                 if not waiting.answer.done():  # a client that went away cancelled its future
-                    waiting.answer.set_result(rows[at : at + len(waiting.images)])
+                    waiting.answer.set_result((rows[at : at + len(waiting.images)], len(images)))
                 at += len(waiting.images)
 
     async def _gather(self) -> list[_Waiting]:

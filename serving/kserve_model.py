@@ -118,11 +118,12 @@ class ClassifierModel(Model):
         rows = await self.batcher.classify(payload.images)
         return Answers(payload.protocol, rows, payload.request)
 
-    async def classify_one(self, data: bytes) -> dict[str, float]:
-        """One encoded image -> its top-k row, through the same decoding and batching (TorchServe's route)."""
+    async def classify_one(self, data: bytes) -> tuple[dict[str, float], int]:
+        """One encoded image -> its top-k row and the size of the batch that computed it, through the same decoding
+        and batching (TorchServe's route)."""
         image = await self._in_thread(self.classifier.decode, data)
-        (row,) = await self.batcher.classify([image])
-        return row
+        (row,), batch = await self.batcher.classify_counted([image])
+        return row, batch
 
     def _classify(self, images: list[torch.Tensor]) -> list[dict[str, float]]:
         return self.classifier.classify(images)

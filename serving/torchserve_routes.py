@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from convserve.common.errors import InputError
+from convserve.serving.http_headers import BATCH_HEADER
 from convserve.serving.kserve_model import ClassifierModel
 from convserve.serving.payload import image_bytes
 
@@ -38,10 +39,10 @@ def add_torchserve_routes(app: FastAPI, models: dict[str, ClassifierModel]) -> N
         if not model.ready:
             return JSONResponse({"error": f"model {model_name!r} is still loading", "code": 503}, status_code=503)
         try:
-            row = await model.classify_one(image_bytes(await torchserve_request(request)))
+            row, batch = await model.classify_one(image_bytes(await torchserve_request(request)))
         except InputError as exc:
             return JSONResponse(exc.to_json(), status_code=exc.status)
-        return JSONResponse(row)
+        return JSONResponse(row, headers={BATCH_HEADER: str(batch)})  # as our TorchServe handler tells it
 
     async def ping() -> JSONResponse:
         ready = bool(models) and all(model.ready for model in models.values())

@@ -24,6 +24,7 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from convserve.hardware.procfs import group_members
+from convserve.serving.http_headers import BATCH_HEADER
 from convserve.serving.archive_builder import build_archive
 from convserve.serving.classifier import Classifier
 from convserve.serving.kserve_process import TEST_LOAD_DELAY_ENV, TOKEN_ENV, KServeProcess, V2ServerSettings
@@ -397,6 +398,8 @@ def test_concurrent_requests_share_backend_calls_and_keep_their_own_answers(serv
         assert resp.status_code == 200, resp.text
         got = answers(resp.json())[0] if kind == "v2" else resp.json()
         assert list(got) == list(exp)
+        if kind == "ts":  # the size of the batch that computed it, as our TorchServe handler tells it
+            assert 1 <= int(resp.headers[BATCH_HEADER]) <= 16
     assert [r.status_code for r in responses[len(good) :]] == [415, 415]
     calls, total = batch_counts(server)
     assert total - images_before == len(good)  # the bad ones never reached a batch
