@@ -1,6 +1,6 @@
-"""Which TorchServe batching setting to ship: the same ONNX artifact archived once per candidate setting, every
-archive served side by side by one TorchServe (one worker each), latency at concurrency 1 and throughput at
-concurrency 16 measured in short turns, and our rule applied to the figures.
+"""Which batching setting to ship: the same ONNX artifact archived once per candidate setting, every archive served
+side by side by one TorchServe (one worker each), or one v2 server per setting, latency at concurrency 1 and
+throughput at concurrency 16 measured in short turns, and our rule applied to the figures.
 
 TorchServe's batch aggregator waits up to maxBatchDelay for batchSize requests. Under light load the batch never
 fills, so every request waits the whole delay; under heavy load the queue fills a batch at once and the delay
@@ -18,12 +18,14 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from convserve.benchmarking.results import Batching
 from convserve.benchmarking.served import ServedPlan, build, default_batching
 from convserve.loadtest.loadgen import LoadPlan, LoadResult, Payload, run_load_sync
+from convserve.serving.kserve_process import KServeProcess, V2ServerSettings
 from convserve.serving.server_lifecycle import free_port
 from convserve.serving.torchserve_process import ServerSettings, TorchServeProcess
 
@@ -98,9 +100,31 @@ def _turn(plan: SweepPlan, url: str) -> tuple[LoadResult, LoadResult]:
     return run_load_sync(c1), run_load_sync(high)
 
 
-def sweep(plan: SweepPlan, say: Callable[[str], None] = print) -> list[SweepRow]:
-    """Serve the artifact with every candidate at once (one model each) and measure them in turns."""
+def sweep(plan: SweepPlan, server: str = "torchserve", say: Callable[[str], None] = print) -> list[SweepRow]:
+    """Serve the artifact with every candidate at once (TorchServe: one model each; the v2 server: one server
+    each) and measure them in turns."""
     candidates = list(dict.fromkeys([NO_BATCHING, *plan.candidates]))  # the ratios need no batching
+    serve = _torchserve_urls if server == "torchserve" else _v2_urls
+    with ExitStack() as stack:
+        urls = serve(plan, candidates, stack, say)
+        c1, high = _rounds(plan, candidates, urls, say)
+    return judge([_row(b, c1[b], high[b]) for b in candidates])
+
+
+def _rounds(plan: SweepPlan, candidates: list[Batching], urls: dict[Batching, str], say) -> tuple[dict, dict]:
+    c1: dict[Batching, list[LoadResult]] = {b: [] for b in candidates}
+    high: dict[Batching, list[LoadResult]] = {b: [] for b in candidates}
+    for round_no in range(plan.rounds):
+        order = candidates if round_no % 2 == 0 else candidates[::-1]
+        for b in order:
+            low, busy = _turn(plan, urls[b])
+            c1[b].append(low)
+            high[b].append(busy)
+        say(f"round {round_no + 1} of {plan.rounds} done")
+    return c1, high
+
+
+def _torchserve_urls(plan: SweepPlan, candidates: list[Batching], stack: ExitStack, say) -> dict[Batching, str]:
     store = plan.work_dir / "model_store"
     served = ServedPlan(artifact=plan.artifact, payloads=plan.payloads, work_dir=plan.work_dir, workers=1)
     archives = {b: build(served, "onnx", b, store) for b in candidates}
@@ -113,18 +137,23 @@ def sweep(plan: SweepPlan, say: Callable[[str], None] = print) -> list[SweepRow]
         run_dir=plan.work_dir / "servers" / "batching",
         startup_timeout=plan.startup_timeout_s,
     )
-    c1: dict[Batching, list[LoadResult]] = {b: [] for b in candidates}
-    high: dict[Batching, list[LoadResult]] = {b: [] for b in candidates}
     say(f"starting TorchServe with {len(candidates)} models (one per batching setting)")
-    with TorchServeProcess(settings) as server:
-        for round_no in range(plan.rounds):
-            order = candidates if round_no % 2 == 0 else candidates[::-1]
-            for b in order:
-                low, busy = _turn(plan, server.predictions_url(archives[b].stem))
-                c1[b].append(low)
-                high[b].append(busy)
-            say(f"round {round_no + 1} of {plan.rounds} done")
-    return judge([_row(b, c1[b], high[b]) for b in candidates])
+    server = stack.enter_context(TorchServeProcess(settings))
+    return {b: server.predictions_url(archives[b].stem) for b in candidates}
+
+
+def _v2_urls(plan: SweepPlan, candidates: list[Batching], stack: ExitStack, say) -> dict[Batching, str]:
+    say(f"starting {len(candidates)} v2 servers (one per batching setting, each with its default workers)")
+    urls = {}
+    for b in candidates:
+        settings = V2ServerSettings(
+            artifact=plan.artifact, model_name="model", port=free_port(), backend="onnx",
+            batch_size=b.batch_size, max_batch_delay_ms=b.max_batch_delay_ms,
+        )  # fmt: skip
+        run_dir = plan.work_dir / "servers" / f"v2-b{b.batch_size}-{b.max_batch_delay_ms}ms"
+        server = stack.enter_context(KServeProcess(settings, run_dir, startup_timeout=plan.startup_timeout_s))
+        urls[b] = f"{server.url}/predictions/model"
+    return urls
 
 
 def judge(rows: list[SweepRow]) -> list[SweepRow]:

@@ -1,13 +1,15 @@
-"""Measure TorchServe batching settings side by side on one ONNX artifact and print the table our default comes from.
+"""Measure batching settings side by side on one ONNX artifact and print the table our default comes from.
 
 python benchmarking/choose_batching.py --artifact artifacts/alexnet --output docs/benchmarks/batching.md
 python benchmarking/choose_batching.py --artifact A --candidates 1 4:50 8:2 8:5 --rounds 12
+python benchmarking/choose_batching.py --artifact A --server v2       # the v2 server's dynamic batching
 
 One TorchServe serves the artifact once per setting (one model and one worker each, the archive's other settings
-as a user gets them); each round gives every setting a turn (--latency-requests at concurrency 1, then
---duration seconds at the high concurrency: closed loop, the load generator of loadtest/loadtest.py), in
-alternating order. Prints a markdown table (c1 p50 against no batching, c16 throughput against the best
-setting), the setting our rule picks on this machine, and whether the shipped default meets the rule.
+as a user gets them), or with --server v2 one v2 server per setting (its default workers); each round gives every
+setting a turn (--latency-requests at concurrency 1, then --duration seconds at the high concurrency: closed loop,
+the load generator of loadtest/loadtest.py), in alternating order. Prints a markdown table (c1 p50 against no
+batching, c16 throughput against the best setting), the setting our rule picks on this machine, and whether the
+shipped default meets the rule.
 An artifact: export/to_onnx.py CKPT, or export/to_onnx.py --torchvision alexnet --random-weights (no download).
 Memory: one worker per setting holds the model (AlexNet fp32: ~0.8 GB each).
 """
@@ -36,6 +38,7 @@ def build_parser() -> CliParser:
     p.add_argument("--artifact", type=Path, required=True, help="an artifact folder with an ONNX model file")
     default = " ".join(f"{b.batch_size}:{b.max_batch_delay_ms}" for b in CANDIDATES)
     p.add_argument("--candidates", nargs="+", type=batching, help=f"BATCH[:DELAY_MS] settings (default {default})")
+    p.add_argument("--server", choices=("torchserve", "v2"), default="torchserve", help="whose batching to measure")
     p.add_argument("--concurrency", type=int, default=16, help="the high concurrency for throughput")
     p.add_argument("--latency-requests", type=int, default=40, help="requests at concurrency 1, per turn")
     p.add_argument("--duration", type=float, default=5.0, help="seconds at the high concurrency, per turn")
@@ -83,12 +86,12 @@ def _run(args: argparse.Namespace, card: ModelCard, work: Path) -> list[str]:
         rounds=args.rounds,
     )
     machine = machine_summary()
-    rows = sweep(plan)
+    rows = sweep(plan, args.server)
     command = shlex.join(["python", "benchmarking/choose_batching.py", *args.argv])
     return [
         f"command: `{command}`",
         f"model: {card.name} ({card.arch}, {card.preprocessing.input_size} px), ONNX fp32, "
-        f"{'RANDOM WEIGHTS, ' if card.source.random_weights else ''}one worker; images: "
+        f"{'RANDOM WEIGHTS, ' if card.source.random_weights else ''}{_served_by(args.server)}; images: "
         + ", ".join(p.name for p in images),
         f"machine: {machine.cpu}, {machine.cpus} CPUs; load average (1, 5, 15 min) at the start "
         f"{machine.load_average_start}, at the end {load_average()}",
@@ -97,6 +100,10 @@ def _run(args: argparse.Namespace, card: ModelCard, work: Path) -> list[str]:
         "",
         *verdict_lines(rows, args.concurrency),
     ]
+
+
+def _served_by(server: str) -> str:
+    return "TorchServe, one worker per setting" if server == "torchserve" else "one v2 server per setting"
 
 
 def cli() -> None:

@@ -46,7 +46,14 @@ def build_parser() -> CliParser:
     p.add_argument("--output-dir", type=Path, required=True, help="results.json and results.md")
     p.add_argument("--images", type=Path, nargs="+", help="request images (default: scikit-image's photos as JPEG)")
     p.add_argument("--backend", default="onnx", help="the artifact's model file both servers run")
-    p.add_argument("--threads", type=int, help="intra-op threads of each server (default: the usable CPUs, max 8)")
+    p.add_argument(
+        "--threads", type=int, help="intra-op threads of each server process (default: its share of the usable CPUs)"
+    )
+    p.add_argument(
+        "--v2-workers", type=int, nargs="+", metavar="N",
+        help="measure the v2 server with each of these worker counts (default: its own default split)",
+    )  # fmt: skip
+    p.add_argument("--no-unbatched", action="store_true", help="skip TorchServe without batching")
     p.add_argument("--concurrency", type=int, default=16, help="clients of the throughput load")
     p.add_argument("--load-duration", type=float, default=20.0, help="seconds of the throughput load")
     p.add_argument("--latency-requests", type=int, default=300, help="requests at concurrency 1")
@@ -90,11 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         work_dir=work,
         backend=args.backend,
         threads=args.threads,
+        v2_workers=args.v2_workers or [None],
         latency_requests=args.latency_requests,
         concurrency=args.concurrency,
         load_duration_s=args.load_duration,
         p99_ms=args.p99_ms,
     )
+    if args.no_unbatched:
+        plan.torchserve_batchings = plan.torchserve_batchings[1:]
     if args.quick:
         plan.torchserve_batchings = plan.torchserve_batchings[:1]
         for key, value in QUICK.items():

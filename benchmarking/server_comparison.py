@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from convserve.benchmarking.results import Batching
 from convserve.hardware.cpu_share import default_threads
 from convserve.hardware.machine import MachineInfo
-from convserve.hardware.procfs import cpu_seconds, process_memory, torchserve_processes
+from convserve.hardware.procfs import cpu_seconds, process_memory, torchserve_processes, v2_processes
 from convserve.loadtest.capacity import CapacityResult, find_capacity
 from convserve.loadtest.latency_stats import LatencyStats
 from convserve.loadtest.loadgen import LoadPlan, LoadResult, Payload, run_load_sync
@@ -32,6 +32,7 @@ from convserve.serving.kserve_process import KServeProcess, V2ServerSettings
 from convserve.serving.server_lifecycle import free_port
 from convserve.serving.torchserve_process import ServerSettings, TorchServeProcess
 from convserve.serving.v2_protocol import binary_request
+from convserve.serving.v2_workers import worker_split
 
 MODEL = "model"
 SHIPPED = Batching(batch_size=ArchiveSettings().batch_size, max_batch_delay_ms=ArchiveSettings().max_batch_delay_ms)
@@ -48,6 +49,7 @@ class ComparisonPlan:
     torchserve_batchings: list[Batching] = field(
         default_factory=lambda: [Batching(batch_size=1, max_batch_delay_ms=0), SHIPPED]
     )
+    v2_workers: list[int | None] = field(default_factory=lambda: [None])  # None: the v2 server's default split
     latency_requests: int = 300
     concurrency: int = 16
     load_duration_s: float = 20.0
@@ -201,23 +203,30 @@ def torchserve_target(plan: ComparisonPlan, archive: Path) -> Iterator[tuple[Tar
         yield Target(url, payloads, headers, processes, f"{server.metrics_url}/metrics"), server.startup_seconds
 
 
-def measure_v2(plan: ComparisonPlan, say) -> ServerFigures:
+def measure_v2(plan: ComparisonPlan, workers: int | None, say) -> ServerFigures:
+    """The v2 server with ``workers`` processes (None: its default split of the CPUs), each with its share of
+    threads unless --threads fixes them."""
+    count, threads = worker_split(workers, plan.threads)
     settings = V2ServerSettings(
-        artifact=plan.artifact, model_name=MODEL, port=free_port(), backend=plan.backend, threads=plan.intra_op_threads
+        artifact=plan.artifact, model_name=MODEL, port=free_port(), backend=plan.backend, workers=count,
+        threads=threads,
+    )  # fmt: skip
+    label = (
+        f"v2 server, KServe ModelServer ({count} worker{'s' * (count > 1)} × {threads} thread{'s' * (threads > 1)}, "
+        f"batch {settings.batch_size} / {settings.max_batch_delay_ms:g} ms)"
     )
-    label = f"v2 server, KServe ModelServer (batch {settings.batch_size} / {settings.max_batch_delay_ms:g} ms)"
     say(f"{label}: starting")
-    with KServeProcess(settings, plan.work_dir / "servers" / "v2", startup_timeout=plan.startup_timeout_s) as server:
+    run_dir = plan.work_dir / "servers" / f"v2-{count}x{threads}"
+    with KServeProcess(settings, run_dir, startup_timeout=plan.startup_timeout_s) as server:
         payloads, headers = v2_payloads(plan)
-        pid = server.proc.pid
-        target = Target(server.infer_url, payloads, headers, lambda: [(pid, "uvicorn")])
+        target = Target(server.infer_url, payloads, headers, partial(v2_processes, server.proc.pid))
         return measure(target, plan, label, "v2 binary extension", server.startup_seconds, say)
 
 
 def compare_servers(plan: ComparisonPlan, say: Callable[[str], None] = print) -> list[ServerFigures]:
     """The servers one after another (never two at once: they would share the CPUs)."""
     results = [measure_torchserve(plan, batching, say) for batching in plan.torchserve_batchings]
-    results.append(measure_v2(plan, say))
+    results.extend(measure_v2(plan, workers, say) for workers in plan.v2_workers)
     return results
 
 

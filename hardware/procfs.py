@@ -1,8 +1,9 @@
-"""Processes as Linux /proc shows them: RSS and its peak per process, CPU time, TorchServe's process tree, and
-which processes still run (zombies excluded).
+"""Processes as Linux /proc shows them: RSS and its peak per process, CPU time, the process trees of TorchServe
+and of the v2 server, and which processes still run (zombies excluded).
 
-TorchServe's launcher starts a java frontend, and the frontend starts one Python process per worker; the
-workers' memory is what a model costs, so each is read on its own (VmRSS now, VmHWM the peak since start).
+TorchServe's launcher starts a java frontend, and the frontend starts one Python process per worker. The v2
+server's supervisor (serving/v2_workers.py) starts its worker processes itself. The workers' memory is what a
+model costs, so each is read on its own (VmRSS now, VmHWM the peak since start).
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 PROC = Path("/proc")
+V2_WORKER_MODULE = "convserve.serving.kserve_server"  # what serving/v2_workers.py runs with -m, once per worker
 
 
 class ProcessMemory(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     pid: int
-    role: str  # "worker", "frontend", "self"
+    role: str  # "worker", "frontend", "supervisor", "self"
     command: str
     rss_mb: float | None  # VmRSS
     peak_rss_mb: float | None  # VmHWM
@@ -68,6 +70,15 @@ def command_line(pid: int, limit: int = 200) -> str:
     except OSError:
         return ""
     return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:limit]
+
+
+def command_args(pid: int) -> list[str]:
+    """The whole argument vector of ``pid`` ([] when it is gone or a zombie); ``command_line`` shortens it."""
+    try:
+        raw = (PROC / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return []
+    return [arg.decode(errors="replace") for arg in raw.split(b"\0")[:-1]]
 
 
 def _stat_fields(pid: int | str) -> list[str] | None:
@@ -138,6 +149,26 @@ def torchserve_processes(launcher_pid: int) -> list[tuple[int, str]]:
         else:
             todo.extend(tree.get(pid, []))
     return out
+
+
+def v2_worker_index(pid: int) -> int | None:
+    """The ``--worker`` index of a v2 server worker process (python -m convserve.serving.kserve_server ...), or
+    None when ``pid`` is no such process."""
+    args = command_args(pid)
+    if V2_WORKER_MODULE not in args or "--worker" not in args[:-1]:
+        return None
+    index = args[args.index("--worker") + 1]
+    return int(index) if index.isdigit() else None
+
+
+def v2_processes(supervisor_pid: int) -> list[tuple[int, str]]:
+    """(pid, role) of the v2 server's supervisor and of the worker processes it started, in worker index order."""
+    workers = []
+    for pid in parent_map().get(supervisor_pid, []):
+        index = v2_worker_index(pid)
+        if index is not None:
+            workers.append((index, pid))
+    return [(supervisor_pid, "supervisor"), *((pid, "worker") for _, pid in sorted(workers))]
 
 
 def torchserve_memory(launcher_pid: int) -> list[ProcessMemory]:

@@ -1,17 +1,25 @@
-"""Soak a running TorchServe for minutes, or break it under load and watch it come back.
+"""Soak a running server (TorchServe or the v2 server) for minutes, or break it under load and watch it come back.
 
-python serving/serve.py --model-store model_store --run-dir logs/torchserve            # the server, in the background
+python serving/serve.py --model-store model_store --run-dir logs/torchserve            # TorchServe, in the background
 python loadtest/soak.py --url http://127.0.0.1:8080/predictions/alexnet --run-dir logs/torchserve \\
     --images cat.jpg dog.jpg --concurrency 4 --minutes 10 --output soak.json
 python loadtest/soak.py ... --fault worker-kill      # SIGKILL every worker under load; time until a 200 again
 python loadtest/soak.py ... --fault graceful-stop    # serve.py --stop with requests in flight; ports, processes
 
+python serving/serve_v2.py artifacts/alexnet --model-name alexnet --port 8090 --workers 2 --run-dir logs/kserve
+python loadtest/soak.py --url http://127.0.0.1:8090/predictions/alexnet --run-dir logs/kserve \\
+    --images cat.jpg dog.jpg --concurrency 4 --minutes 10 --output soak-v2.json
+python loadtest/soak.py ... --fault worker-kill      # the same faults; graceful-stop stops it with serve_v2.py --stop
+
 The load is the closed loop of loadtest/loadtest.py (C requests in flight, real image bodies), or for a soak
---rate R, open-loop arrivals at R per second (loadtest/open_loop.py). The run folder
-(serve.py --run-dir) tells which processes are the server's: the worker processes are read from /proc.
-Soak: per window (--window seconds, default 60), answers, errors, p50/p99 and the workers' and the frontend's
-RSS, and the first window against the last. --minutes takes fractions (0.2: a short check). Exit code 1 when a
-target is missed. The token (inference key) comes from --token, $CONVSERVE_TOKEN or the run folder's key file.
+--rate R, open-loop arrivals at R per second (loadtest/open_loop.py). The v2 server answers TorchServe's
+/predictions route, so the same load runs against either. The run folder (serve.py or serve_v2.py --run-dir)
+tells which server runs and which processes are its own, read from /proc: TorchServe's launcher, java frontend
+and workers; the v2 server's supervisor and workers.
+Soak: per window (--window seconds, default 60), answers, errors, p50/p99 and the RSS of the workers and of
+TorchServe's frontend or the v2 server's supervisor, and the first window against the last. --minutes takes
+fractions (0.2: a short check). Exit code 1 when a target is missed. The token comes from --token,
+$CONVSERVE_TOKEN or (TorchServe) the run folder's key file; the v2 server keeps its token out of the run folder.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from convserve.loadtest.soak_runs import FAULTS, SoakPlan, run_graceful_stop, ru
 def build_parser() -> CliParser:
     p = CliParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", required=True, help="the prediction URL, e.g. http://127.0.0.1:8080/predictions/alexnet")
-    p.add_argument("--run-dir", type=Path, required=True, help="the server's run folder (serve.py --run-dir)")
+    p.add_argument("--run-dir", type=Path, required=True, help="the run folder serve.py or serve_v2.py was given")
     p.add_argument("--images", type=Path, nargs="+", required=True, help="image files sent as bodies, cycled")
     load = p.add_mutually_exclusive_group()
     load.add_argument("--concurrency", type=int, default=4, help="closed loop: requests kept in flight")

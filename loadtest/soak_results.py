@@ -1,9 +1,10 @@
 """What a soak or fault run reports (pydantic, written as JSON by loadtest/soak.py) and our targets for each.
 
 Soak: fixed load (C requests in flight, or a fixed arrival rate) for minutes, read per window: answers, errors,
-p99, the workers' and the frontend's RSS; the first window against the last. Worker kill: every worker SIGKILLed
-under load; the requests that failed, how long until a 200 again, the worker TorchServe started in its place.
-Graceful stop: serve.py --stop (SIGTERM) with requests in flight; how each ended, the ports and processes left.
+p99, the RSS of the workers and of what serves beside them (TorchServe's java frontend, the v2 server's
+supervisor); the first window against the last. Worker kill: every worker SIGKILLed under load; the requests that
+failed, how long until a 200 again, the workers the server started in their place. Graceful stop: serve.py or
+serve_v2.py --stop (SIGTERM) with requests in flight; how each ended, the ports and processes left.
 """
 
 from __future__ import annotations
@@ -40,14 +41,20 @@ class SoakWindow(_Model):
     throughput_rps: float
     p50_ms: float | None
     p99_ms: float | None
-    worker_rss_mb: float | None  # summed VmRSS of the worker processes at the window's end
-    frontend_rss_mb: float | None
+    # summed VmRSS by role at the window's end: "worker", then TorchServe's "frontend" or the v2 server's
+    # "supervisor" (None: no such process ran)
+    rss_mb: dict[str, float | None]
     worker_pids: list[int]
     client_invalid: str | None = None  # open loop: why the client could not keep its schedule
+
+    @property
+    def worker_rss_mb(self) -> float | None:
+        return self.rss_mb.get("worker")
 
 
 class SoakReport(_Model):
     kind: Literal["soak"] = "soak"
+    server: str  # "TorchServe" or "v2 server"
     url: str
     concurrency: int | None  # closed loop
     rate: float | None = None  # open loop: arrivals per second
@@ -73,6 +80,7 @@ class Outcome(_Model):
 
 class WorkerKillReport(_Model):
     kind: Literal["worker-kill"] = "worker-kill"
+    server: str
     url: str
     concurrency: int
     started_at: str
@@ -91,6 +99,7 @@ class WorkerKillReport(_Model):
 
 class GracefulStopReport(_Model):
     kind: Literal["graceful-stop"] = "graceful-stop"
+    server: str
     url: str
     concurrency: int
     started_at: str
@@ -124,15 +133,17 @@ def _pct(value: float | None) -> str:
 
 def soak_lines(r: SoakReport) -> list[str]:
     load = f"open loop at {r.rate:g} req/s" if r.rate is not None else f"concurrency {r.concurrency}"
+    roles = list(r.windows[0].rss_mb)  # the same in every window: the server's kind decides them
     lines = [
-        f"soak {r.url}: {load}, {r.minutes:g} min in windows of {r.window_s:g} s",
-        "window  seconds  ok      errors  req/s   p50 ms  p99 ms  worker RSS MB  frontend RSS MB",
+        f"soak {r.server} {r.url}: {load}, {r.minutes:g} min in windows of {r.window_s:g} s",
+        "window  seconds  ok      errors  req/s   p50 ms  p99 ms  " + "  ".join(f"{role} RSS MB" for role in roles),
     ]
     for w in r.windows:
+        rss = "  ".join(f"{_ms(w.rss_mb.get(role)):>{len(role) + 7}}" for role in roles)  # under "<role> RSS MB"
         lines.append(
             f"{w.index:>6}  {w.seconds:>7.1f}  {w.ok:>6}  {sum(w.errors.values()) + w.unfinished:>6}  "
-            f"{w.throughput_rps:>6.1f}  {_ms(w.p50_ms):>6}  {_ms(w.p99_ms):>6}  {_ms(w.worker_rss_mb):>13}  "
-            f"{_ms(w.frontend_rss_mb):>15}" + (f"  CLIENT INVALID: {w.client_invalid}" if w.client_invalid else "")
+            f"{w.throughput_rps:>6.1f}  {_ms(w.p50_ms):>6}  {_ms(w.p99_ms):>6}  {rss}"
+            + (f"  CLIENT INVALID: {w.client_invalid}" if w.client_invalid else "")
         )
     lines.append(
         f"first → last window: worker RSS {_pct(r.rss_growth)}, p99 {_pct(r.p99_drift)}; "
@@ -144,19 +155,19 @@ def soak_lines(r: SoakReport) -> list[str]:
 def worker_kill_lines(r: WorkerKillReport) -> list[str]:
     recovery = "never (within the probing limit)" if r.recovery_s is None else f"{r.recovery_s:.1f} s"
     return [
-        f"worker kill {r.url}: SIGKILL to worker(s) {r.killed_pids} at {r.kill_at_s:.1f} s, concurrency "
-        f"{r.concurrency}",
+        f"worker kill {r.server} {r.url}: SIGKILL to worker(s) {r.killed_pids} at {r.kill_at_s:.1f} s, "
+        f"concurrency {r.concurrency}",
         f"  load: {r.load_ok} ok, failed {r.load_errors or 'none'}, {r.load_unfinished} unanswered",
         f"  probes after the kill: {counts(r.probes)}; a 200 again after {recovery}; slowest failure "
         f"{_ms(r.longest_failed_s)} s",
-        f"  workers now: {r.replacement_pids} (started by TorchServe itself)",
+        f"  workers now: {r.replacement_pids} (started by the server itself)",
         *check_lines(r.checks),
     ]
 
 
 def graceful_stop_lines(r: GracefulStopReport) -> list[str]:
     return [
-        f"graceful stop {r.url}: concurrency {r.concurrency}; processes {r.processes_before}",
+        f"graceful stop {r.server} {r.url}: concurrency {r.concurrency}; processes {r.processes_before}",
         f"  stop: {r.stop or 'nothing ran'} in {r.stop_s:.1f} s",
         f"  requests in flight at the stop: {r.in_flight or 'none'}; sent during it: {r.after_stop or 'none'}; "
         f"longest {_ms(r.longest_s)} s",

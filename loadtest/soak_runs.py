@@ -1,4 +1,5 @@
-"""Soak and fault runs against a running TorchServe (a URL and the run folder serve.py gave it).
+"""Soak and fault runs against a running server: TorchServe or the v2 server (a URL and the run folder serve.py or
+serve_v2.py gave it; loadtest/recorded_server.py reads it and tells which).
 
 The load is loadtest/loadgen.py's closed loop (C requests in flight), or for a soak loadtest/open_loop.py's
 arrivals at a fixed rate. A soak runs it in consecutive windows and reads the workers' RSS from /proc after
@@ -57,7 +58,7 @@ class SoakPlan:
     timeout_s: float = 60.0  # per request: TorchServe's response timeout is the natural value
     fault_at_s: float | None = None  # faults: seconds of load before the fault (default: a quarter of the run)
     probe_limit_s: float = 2 * RECOVERY_LIMIT_S  # worker kill: how long to wait for a 200 again
-    stop_timeout_s: float = 30.0  # graceful stop: SIGKILL after this (serve.py --stop's own)
+    stop_timeout_s: float = 30.0  # graceful stop: SIGKILL after this (serve.py's and serve_v2.py's --stop's own)
 
     def check(self) -> SoakPlan:
         check_url(self.url)
@@ -134,6 +135,7 @@ def run_soak(plan: SoakPlan, say: Callable[[str], None] = print) -> SoakReport:
             errors[key] = errors.get(key, 0) + value
     first, last = windows[0], windows[-1]
     report = SoakReport(
+        server=server.kind.name,
         url=plan.url,
         concurrency=None if plan.rate is not None else plan.concurrency,
         rate=plan.rate,
@@ -169,8 +171,7 @@ def _window(index: int, plan: SoakPlan, seconds: float, server: RecordedServer) 
         throughput_rps=throughput,
         p50_ms=found.latency.p50_ms,
         p99_ms=found.latency.p99_ms,
-        worker_rss_mb=server.rss_mb("worker"),
-        frontend_rss_mb=server.rss_mb("frontend"),
+        rss_mb={role: server.rss_mb(role) for role in server.kind.rss_roles},
         worker_pids=server.worker_pids(),
         client_invalid=note,
     )
@@ -233,7 +234,7 @@ def _session(plan: SoakPlan) -> aiohttp.ClientSession:
 
 
 def run_worker_kill(plan: SoakPlan, say: Callable[[str], None] = print) -> WorkerKillReport:
-    """SIGKILL every worker process of the server under load; TorchServe must start new ones by itself."""
+    """SIGKILL every worker process of the server under load; the server must start new ones by itself."""
     plan.check()
     server = RecordedServer.read(plan.run_dir)
     return asyncio.run(_worker_kill(plan, server, say))
@@ -242,7 +243,7 @@ def run_worker_kill(plan: SoakPlan, say: Callable[[str], None] = print) -> Worke
 async def _worker_kill(plan: SoakPlan, server: RecordedServer, say) -> WorkerKillReport:
     victims = server.worker_pids()
     if not victims:
-        raise ConvserveError(f"no TorchServe worker process found under process group {server.pgid}")
+        raise ConvserveError(f"no {server.kind.name} worker process found under process group {server.pgid}")
     machine, started_at = machine_summary(), _now()
     total = plan.minutes * 60
     kill_at = plan.fault_at_s if plan.fault_at_s is not None else total / 4
@@ -259,6 +260,7 @@ async def _worker_kill(plan: SoakPlan, server: RecordedServer, say) -> WorkerKil
     recovered = next((p for p in probes if p.result == "200"), None)
     failed = [p.done - p.sent for p in probes if p.result != "200"]
     report = WorkerKillReport(
+        server=server.kind.name,
         url=plan.url,
         concurrency=plan.concurrency,
         started_at=started_at,
@@ -305,7 +307,7 @@ def worker_kill_checks(r: WorkerKillReport, timeout_s: float) -> list[Check]:
             detail=f"failed {r.load_errors or 'none'}; unanswered {r.load_unfinished}; timed out {hung}",
         ),
         Check(
-            name="TorchServe replaced the worker by itself",
+            name="the server replaced the worker(s) by itself",
             met=fresh,
             detail=f"killed {r.killed_pids}, running now {r.replacement_pids}",
         ),
@@ -316,7 +318,7 @@ def worker_kill_checks(r: WorkerKillReport, timeout_s: float) -> list[Check]:
 
 
 def run_graceful_stop(plan: SoakPlan, say: Callable[[str], None] = print) -> GracefulStopReport:
-    """serve.py --stop (SIGTERM to the server's process group) while C requests are in flight."""
+    """serve.py / serve_v2.py --stop (SIGTERM to the server's process group) while C requests are in flight."""
     plan.check()
     server = RecordedServer.read(plan.run_dir)
     return asyncio.run(_graceful_stop(plan, server, say))
@@ -333,7 +335,8 @@ async def _graceful_stop(plan: SoakPlan, server: RecordedServer, say) -> Gracefu
         await asyncio.sleep(0.5)  # every requester has a request in flight
         stopping.append(time.perf_counter())
         say(
-            f"stopping the server (serve.py --stop --run-dir {plan.run_dir}) with {plan.concurrency} requests in flight"
+            f"stopping the server ({server.kind.cli} --stop --run-dir {plan.run_dir}) with {plan.concurrency} "
+            "requests in flight"
         )
         how = await asyncio.to_thread(stop_recorded, plan.run_dir, plan.stop_timeout_s)
         stop_s = time.perf_counter() - stopping[0]
@@ -344,6 +347,7 @@ async def _graceful_stop(plan: SoakPlan, server: RecordedServer, say) -> Gracefu
     in_flight = [t.relative(t0) for t in requests if t.sent < t0 <= t.done]
     after = [t.relative(t0) for t in requests if t.sent >= t0]
     report = GracefulStopReport(
+        server=server.kind.name,
         url=plan.url,
         concurrency=plan.concurrency,
         started_at=started_at,

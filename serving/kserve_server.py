@@ -21,6 +21,7 @@ Where this departs from KServe 0.21's defaults, and why:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import socket
@@ -30,6 +31,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +55,10 @@ from convserve.serving.request_gate import RequestGate
 from convserve.serving.torchserve_routes import add_torchserve_routes
 from convserve.serving.v2_grpc import grpc_server
 from convserve.serving.v2_protocol import BINARY_HEADER
-from convserve.serving.v2_workers import LOAD_FAILED_CODE, all_ready, mark_ready
+from convserve.serving.v2_workers import DRAIN_S, LOAD_FAILED_CODE, all_ready, mark_ready
 
 log = logging.getLogger("convserve")
+GRPC_STOP_S = 5
 
 
 class ReadyWhenLoaded(DataPlane):
@@ -131,24 +134,34 @@ def _requested(index: int, spec: Any) -> RequestedOutput:
 
 class WorkerModelServer(ModelServer):
     """KServe's ModelServer serving REST on a socket it is given (``listener``: bound by the worker pool) and, with
-    a ``grpc_port``, the protocol's gRPC service (serving/v2_grpc.py), with the readiness the protocol defines."""
+    a ``grpc_port``, the protocol's gRPC service (serving/v2_grpc.py), with the readiness the protocol defines.
 
-    def __init__(self, listener: socket.socket, peers_ready: Callable[[], bool], settings: V2ServerSettings):
+    ``accept_when_loaded``: take no connection before the model has loaded (a replacement worker: the others
+    answer meanwhile, where this one would answer 503)."""
+
+    def __init__(
+        self, listener: socket.socket, peers_ready: Callable[[], bool], settings: V2ServerSettings,
+        accept_when_loaded: bool = False,
+    ):  # fmt: skip
         super().__init__(
-            http_port=listener.getsockname()[1], enable_grpc=False, workers=1, enable_latency_logging=False
-        )
+            http_port=listener.getsockname()[1], enable_grpc=False, workers=1, enable_latency_logging=False,
+            grace_period=DRAIN_S,
+        )  # fmt: skip
         self.listener = listener
         self.settings = settings
+        self.accept_when_loaded = accept_when_loaded
         self.dataplane = ReadyWhenLoaded(self.registered_models, peers_ready)
 
     def setup_event_loop(self) -> None:
         # start() has queued its REST server's start(), which would bind 0.0.0.0 itself: serve the given socket
         self.servers[0].close()
-        self.servers[0] = self._serve()
+        self.servers[0] = self._serve_rest_and_grpc()
         super().setup_event_loop()
 
-    async def _serve(self) -> None:
-        """REST until a stop signal (uvicorn drains its requests), gRPC beside it, drained after it."""
+    async def _serve_rest_and_grpc(self) -> None:
+        """REST until a stop signal (uvicorn drains its requests), gRPC beside it, stopped after it."""
+        while self.accept_when_loaded and not all([m.ready for m in self.registered_models.get_models().values()]):
+            await asyncio.sleep(0.05)
         s = self.settings
         grpc = None
         if s.grpc_port is not None:
@@ -159,8 +172,8 @@ class WorkerModelServer(ModelServer):
         app.add_api_route("/metrics", all_workers_metrics, methods=["GET"])  # before KServe's own, so it answers
         self._rest_server.create_application()
         await self._rest_server._server.serve(sockets=[self.listener])
-        if grpc is not None:
-            await grpc.stop(grace=self._rest_server.config.timeout_graceful_shutdown)
+        if grpc is not None:  # its calls in flight had the REST drain's time to finish
+            await grpc.stop(grace=GRPC_STOP_S)
 
 
 def all_workers_metrics(request: Request) -> Response:
@@ -248,6 +261,7 @@ def parse_worker_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--threads", type=int, required=True, help="intra-op threads of this worker")
     p.add_argument("--listen-fd", type=int, required=True, help="the listening socket, inherited")
     p.add_argument("--ready-dir", type=Path, required=True, help="where workers mark themselves loaded")
+    p.add_argument("--accept-when-loaded", action="store_true", help="take connections only once loaded")
     return p.parse_args(argv)
 
 
@@ -267,7 +281,8 @@ def main(argv: list[str]) -> int:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     listener = socket.socket(fileno=args.listen_fd)
-    server = WorkerModelServer(listener, lambda: all_ready(args.ready_dir, args.workers), settings)
+    peers_ready = partial(all_ready, args.ready_dir, args.workers)
+    server = WorkerModelServer(listener, peers_ready, settings, args.accept_when_loaded)
     server.register_model(model)  # registered unloaded: start([model]) would refuse a model that is not ready
     add_torchserve_routes(app, {model.name: model})
     load_in_background(model, test_load_delay(args.worker), loaded=lambda: mark_ready(args.ready_dir, args.worker))

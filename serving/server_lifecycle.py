@@ -40,8 +40,11 @@ def url_host(host: str) -> str:
 
 
 def port_is_free(host: str, port: int) -> bool:
+    """Nothing listens on ``host:port``. Closed connections in TIME_WAIT (a server stopped a moment ago) do not
+    count: the servers bind with SO_REUSEADDR too."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

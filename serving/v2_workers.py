@@ -8,12 +8,14 @@ Every worker accepts from the same socket, so a new connection goes to whichever
   GET /v2/health/ready with true only while each index holds the mark of a live process, so the server is ready
   when all workers are, and not while one is being replaced.
 - A worker that dies (a crash, kill -9, the OOM killer) is replaced at once; its connections are lost, the
-  other workers keep answering. A worker that could not load its model (exit code 3) stops the server: the
-  artifact is broken, and a replacement would fail the same way.
+  other workers keep answering; the replacement takes connections only once its model has loaded. A worker that
+  could not load its model (exit code 3) stops the server: the artifact is broken, and a replacement would fail
+  the same way.
 - Metrics: the workers write their Prometheus figures to ``RUN_DIR/metrics`` (prometheus_client's multiprocess
   mode), so GET /metrics on any worker answers for all of them (a replaced worker's counts included).
-- SIGTERM or SIGINT: every worker gets SIGTERM and drains (uvicorn stops accepting, finishes the requests in
-  flight, then exits); a worker still there after ``GRACE_S`` is killed.
+- SIGTERM or SIGINT: the socket closes (new connections are refused at once), every worker gets SIGTERM and
+  drains (uvicorn stops accepting, finishes the requests in flight within ``DRAIN_S``, then exits); a worker still
+  there after ``GRACE_S`` is killed, before serve_v2.py --stop's own 30 s run out.
 
 KServe 0.21's own multi-process mode (``ModelServer(workers=N)``) is not used: its workers re-import
 ``kserve.model_server:app`` in a fresh interpreter, without this server's routes, gate and readiness, and
@@ -36,7 +38,8 @@ from pathlib import Path
 from convserve.hardware.cpu_share import default_threads, default_workers
 
 LOAD_FAILED_CODE = 3  # a worker's exit code when its model cannot load (serving/kserve_server.py)
-GRACE_S = 35.0  # uvicorn's graceful shutdown (KServe's grace period, 30 s), and a little more
+DRAIN_S = 20  # a worker's graceful shutdown (uvicorn's, set through KServe's grace period)
+GRACE_S = 27.0  # the drain, gRPC's stop (5 s) and a little more, within serve_v2.py --stop's 30 s
 BACKLOG = 2048
 MAX_EARLY_DEATHS = 3  # a worker that keeps dying before it ever loads is not replaced forever
 
@@ -116,17 +119,18 @@ class WorkerPool:
         self.stopping = False
         self.exit_code = 0
 
-    def command(self, index: int) -> list[str]:
+    def command(self, index: int, replacement: bool) -> list[str]:
         return [
             sys.executable, "-m", "convserve.serving.kserve_server", str(self.settings_file),
             "--worker", str(index), "--workers", str(self.workers), "--threads", str(self.threads),
             "--listen-fd", str(self.sock.fileno()), "--ready-dir", str(self.marks),
+            *(["--accept-when-loaded"] if replacement else []),
         ]  # fmt: skip
 
-    def spawn(self, index: int) -> subprocess.Popen:
+    def spawn(self, index: int, replacement: bool = False) -> subprocess.Popen:
         (self.marks / str(index)).unlink(missing_ok=True)
         env = {**os.environ, METRICS_ENV: str(self.metrics)}
-        return subprocess.Popen(self.command(index), pass_fds=[self.sock.fileno()], env=env)
+        return subprocess.Popen(self.command(index, replacement), pass_fds=[self.sock.fileno()], env=env)
 
     def run(self) -> int:
         fresh_folder(self.marks)
@@ -146,15 +150,19 @@ class WorkerPool:
                 continue
             was_ready = (self.marks / str(index)).exists()
             self.early_deaths[index] = 0 if was_ready else self.early_deaths[index] + 1
+            how = f"signal {-code}" if code < 0 else f"exit code {code}"
+            if code == LOAD_FAILED_CODE:
+                say(f"worker {index} (pid {proc.pid}) could not load the model; stopping")
+            elif self.early_deaths[index] >= MAX_EARLY_DEATHS:
+                say(f"worker {index} ended {self.early_deaths[index]} times before its model loaded ({how}); stopping")
             if code == LOAD_FAILED_CODE or self.early_deaths[index] >= MAX_EARLY_DEATHS:
-                say(f"worker {index} (pid {proc.pid}) could not load the model (exit code {code}); stopping")
                 self.exit_code, self.stopping = LOAD_FAILED_CODE, True
                 return
-            how = f"signal {-code}" if code < 0 else f"exit code {code}"
-            self.procs[index] = self.spawn(index)
+            self.procs[index] = self.spawn(index, replacement=True)
             say(f"worker {index} (pid {proc.pid}) ended with {how}; started pid {self.procs[index].pid}")
 
     def drain(self) -> None:
+        self.sock.close()  # the workers hold their own copies; connections nobody would take are refused now
         for proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from convserve.serving.archive_settings import ArchiveSettings
+from convserve.serving.v2_workers import worker_split
 from tests.serving_helpers import build_artifact, random_run
 
 pytestmark = pytest.mark.slow
@@ -27,12 +28,16 @@ def test_quick_comparison_measures_both_servers(tmp_path, photos):
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    servers = {s["server"]: s for s in results["servers"]}
-    assert set(servers) == {"TorchServe (no batching)", "v2 server, KServe ModelServer (batch 16 / 2 ms)"}
-    for s in servers.values():
+    torchserve, v2 = results["servers"]
+    assert torchserve["server"] == "TorchServe (no batching)"
+    workers, threads = worker_split(None, None)  # the v2 server's default split of this machine's CPUs
+    assert v2["server"].startswith(f"v2 server, KServe ModelServer ({workers} worker")
+    assert f"× {threads} thread" in v2["server"] and "batch 16 / 2 ms" in v2["server"]
+    for s in (torchserve, v2):
         assert s["errors"] == {} and s["latency_c1"]["count"] >= 1 and s["throughput_rps"] > 0
         assert s["cold_start_s"] > 0 and s["rss_mb"] > 0 and s["cpu_ms_per_request"] > 0
-    assert servers["v2 server, KServe ModelServer (batch 16 / 2 ms)"]["request_form"] == "v2 binary extension"
+    assert v2["request_form"] == "v2 binary extension"
+    assert set(v2["rss_by_role_mb"]) == {"supervisor", "worker"}  # every process of the server counted
     table = (out / "results.md").read_text()
     assert results["machine"]["cpu_model"] in table and "load average" in table
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)

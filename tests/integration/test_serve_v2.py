@@ -24,9 +24,9 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from convserve.hardware.procfs import group_members
-from convserve.serving.http_headers import BATCH_HEADER
 from convserve.serving.archive_builder import build_archive
 from convserve.serving.classifier import Classifier
+from convserve.serving.http_headers import BATCH_HEADER
 from convserve.serving.kserve_process import TEST_LOAD_DELAY_ENV, TOKEN_ENV, KServeProcess, V2ServerSettings
 from convserve.serving.server_lifecycle import ServerStartError
 from convserve.serving.torchserve_process import ServerSettings, TorchServeProcess

@@ -108,12 +108,17 @@ def test_a_killed_worker_is_replaced_and_the_others_keep_answering(artifact, tmp
         before = worker_pids(server)
         os.kill(before[0], signal.SIGKILL)
         deadline = time.monotonic() + 60
+        codes = set()
         with httpx.Client(timeout=60) as http:
             while len(set(worker_pids(server)) - set(before)) < 1 or not _ready(http, server):
                 assert time.monotonic() < deadline, server.console_text()
-                time.sleep(0.2)
+                with httpx.Client(timeout=60) as fresh:  # a new connection: whichever worker accepts it
+                    codes.add(fresh.post(predictions_url(server), content=image).status_code)
+        assert codes == {200}  # the replacement took no connection before its model had loaded
         after = worker_pids(server)
         assert len(after) == 2 and before[0] not in after and before[1] in after
+        (replacement,) = set(after) - set(before)
+        assert "--accept-when-loaded" in psutil.Process(replacement).cmdline()
         assert {r.status_code for r in post_all(server, image, 16)} == {200}
         assert "ended with signal 9; started pid" in server.console_text()
 
