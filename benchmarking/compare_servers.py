@@ -26,6 +26,7 @@ from pathlib import Path
 from convserve.artifact.card import ModelCard, read_card
 from convserve.benchmarking.default_capacity import KINDS, CapacityResults, capacity_table, measure_kinds
 from convserve.benchmarking.server_comparison import (
+    V2_ROUTES,
     ComparisonPlan,
     ComparisonResults,
     compare_servers,
@@ -52,6 +53,10 @@ def build_parser() -> CliParser:
     p.add_argument(
         "--v2-workers", type=int, nargs="+", metavar="N",
         help="measure the v2 server with each of these worker counts (default: its own default split)",
+    )  # fmt: skip
+    p.add_argument(
+        "--v2-routes", nargs="+", choices=V2_ROUTES, default=["infer"],
+        help="the v2 server's routes to load: the protocol's infer (binary extension) and/or TorchServe's predictions",
     )  # fmt: skip
     p.add_argument("--no-unbatched", action="store_true", help="skip TorchServe without batching")
     p.add_argument("--concurrency", type=int, default=16, help="clients of the throughput load")
@@ -98,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         backend=args.backend,
         threads=args.threads,
         v2_workers=args.v2_workers or [None],
+        v2_routes=args.v2_routes,
         latency_requests=args.latency_requests,
         concurrency=args.concurrency,
         load_duration_s=args.load_duration,

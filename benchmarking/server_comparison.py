@@ -50,6 +50,7 @@ class ComparisonPlan:
         default_factory=lambda: [Batching(batch_size=1, max_batch_delay_ms=0), SHIPPED]
     )
     v2_workers: list[int | None] = field(default_factory=lambda: [None])  # None: the v2 server's default split
+    v2_routes: list[str] = field(default_factory=lambda: ["infer"])  # of V2_ROUTES
     latency_requests: int = 300
     concurrency: int = 16
     load_duration_s: float = 20.0
@@ -203,9 +204,12 @@ def torchserve_target(plan: ComparisonPlan, archive: Path) -> Iterator[tuple[Tar
         yield Target(url, payloads, headers, processes, f"{server.metrics_url}/metrics"), server.startup_seconds
 
 
-def measure_v2(plan: ComparisonPlan, workers: int | None, say) -> ServerFigures:
+V2_ROUTES = {"infer": "v2 binary extension", "predictions": "raw image body, TorchServe's route"}
+
+
+def measure_v2(plan: ComparisonPlan, workers: int | None, route: str, say) -> ServerFigures:
     """The v2 server with ``workers`` processes (None: its default split of the CPUs), each with its share of
-    threads unless --threads fixes them."""
+    threads unless --threads fixes them; requests to the protocol's ``infer`` or TorchServe's ``predictions``."""
     count, threads = worker_split(workers, plan.threads)
     settings = V2ServerSettings(
         artifact=plan.artifact, model_name=MODEL, port=free_port(), backend=plan.backend, workers=count,
@@ -215,18 +219,21 @@ def measure_v2(plan: ComparisonPlan, workers: int | None, say) -> ServerFigures:
         f"v2 server, KServe ModelServer ({count} worker{'s' * (count > 1)} × {threads} thread{'s' * (threads > 1)}, "
         f"batch {settings.batch_size} / {settings.max_batch_delay_ms:g} ms)"
     )
-    say(f"{label}: starting")
-    run_dir = plan.work_dir / "servers" / f"v2-{count}x{threads}"
+    say(f"{label}, {route}: starting")
+    run_dir = plan.work_dir / "servers" / f"v2-{count}x{threads}-{route}"
     with KServeProcess(settings, run_dir, startup_timeout=plan.startup_timeout_s) as server:
-        payloads, headers = v2_payloads(plan)
-        target = Target(server.infer_url, payloads, headers, partial(v2_processes, server.proc.pid))
-        return measure(target, plan, label, "v2 binary extension", server.startup_seconds, say)
+        processes = partial(v2_processes, server.proc.pid)
+        if route == "infer":
+            target = Target(server.infer_url, *v2_payloads(plan), processes)
+        else:
+            target = Target(f"{server.url}/predictions/{MODEL}", *torchserve_payloads(plan), processes)
+        return measure(target, plan, label, V2_ROUTES[route], server.startup_seconds, say)
 
 
 def compare_servers(plan: ComparisonPlan, say: Callable[[str], None] = print) -> list[ServerFigures]:
     """The servers one after another (never two at once: they would share the CPUs)."""
     results = [measure_torchserve(plan, batching, say) for batching in plan.torchserve_batchings]
-    results.extend(measure_v2(plan, workers, say) for workers in plan.v2_workers)
+    results.extend(measure_v2(plan, w, route, say) for w in plan.v2_workers for route in plan.v2_routes)
     return results
 
 

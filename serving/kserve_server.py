@@ -147,6 +147,9 @@ class WorkerModelServer(ModelServer):
             http_port=listener.getsockname()[1], enable_grpc=False, workers=1, enable_latency_logging=False,
             grace_period=DRAIN_S,
         )  # fmt: skip
+        # KServe's timing middleware logs two lines per request (wall and CPU time) beside the access log; the
+        # same figures are in /metrics
+        logging.getLogger("kserve.trace").setLevel(logging.WARNING)
         self.listener = listener
         self.settings = settings
         self.accept_when_loaded = accept_when_loaded
