@@ -472,15 +472,20 @@ def test_cli_refuses_to_listen_beyond_loopback_without_a_token(artifact, tmp_pat
     assert result.returncode == 2 and "needs a bearer token" in result.stderr
     short = cli(str(artifact), "--host", "0.0.0.0", "--run-dir", str(tmp_path), **{TOKEN_ENV: "short"})
     assert short.returncode == 2 and "shorter than 16" in short.stderr
+    port = str(free_port())
+    clash = cli(str(artifact), "--port", port, "--grpc-port", port, "--run-dir", str(tmp_path))
+    assert clash.returncode == 2 and f"gRPC port {port}" in clash.stderr
     assert not (tmp_path / "server.json").exists()
 
 
 def test_cli_in_the_background_returns_when_ready_and_stops_with_stop(artifact, tmp_path, photos):
     port = free_port()
     run_dir = tmp_path / "run"
-    started = cli(str(artifact), "--model-name", MODEL, "--port", str(port), "--run-dir", str(run_dir))
+    grpc = ("--grpc-port", str(free_port()))
+    started = cli(str(artifact), "--model-name", MODEL, "--port", str(port), *grpc, "--run-dir", str(run_dir))
     assert started.returncode == 0, started.stderr
     assert f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer" in started.stdout
+    assert f"gRPC (Open Inference Protocol): 127.0.0.1:{grpc[1]}" in started.stdout
     pgid = json.loads((run_dir / "server.json").read_text())["pgid"]
     url = f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer"
     assert httpx.post(url, json=json_request([photos["camera"].read_bytes()]), timeout=60).status_code == 200
@@ -494,6 +499,7 @@ def test_cli_in_the_background_returns_when_ready_and_stops_with_stop(artifact, 
 def test_cli_foreground_with_a_token_and_a_clean_stop_on_sigterm(artifact, tmp_path, photos):
     port = free_port()
     cmd = [sys.executable, "serving/serve_v2.py", str(artifact), "--model-name", MODEL, "--port", str(port)]
+    cmd += ["--grpc-port", str(free_port())]
     cmd += ["--run-dir", str(tmp_path / "run"), "--foreground"]
     env = dict(os.environ, **{TOKEN_ENV: TOKEN})
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -63,7 +63,7 @@ def test_train_export_serve_and_predict_from_outside_the_checkout(venv_bin, tmp_
 
     v2_port = free_port()
     convserve(venv_bin, work, "serve-v2", "artifact", "--model-name", "alexnet", "--port", str(v2_port),
-              "--run-dir", "v2")  # fmt: skip
+              "--grpc-port", str(free_port()), "--run-dir", "v2")  # fmt: skip
     try:
         body = {"instances": [{"b64": base64.b64encode(image.read_bytes()).decode()}]}
         resp = httpx.post(f"http://127.0.0.1:{v2_port}/v1/models/alexnet:predict", json=body, timeout=60)
