@@ -147,9 +147,6 @@ class WorkerModelServer(ModelServer):
             http_port=listener.getsockname()[1], enable_grpc=False, workers=1, enable_latency_logging=False,
             grace_period=DRAIN_S,
         )  # fmt: skip
-        # KServe's timing middleware logs two lines per request (wall and CPU time) beside the access log; the
-        # same figures are in /metrics
-        logging.getLogger("kserve.trace").setLevel(logging.WARNING)
         self.listener = listener
         self.settings = settings
         self.accept_when_loaded = accept_when_loaded
@@ -173,6 +170,9 @@ class WorkerModelServer(ModelServer):
             grpc = grpc_server(self.dataplane, repository, s.host, s.grpc_port, token, s.max_body_bytes)
             await grpc.start()
         app.add_api_route("/metrics", all_workers_metrics, methods=["GET"])  # before KServe's own, so it answers
+        # KServe's only middleware times every request to log two lines (wall and CPU time) per request beside the
+        # access log: the same figures are in /metrics, and reading the process's CPU time costs every request
+        self._rest_server._add_middlewares = lambda _app: None
         self._rest_server.create_application()
         await self._rest_server._server.serve(sockets=[self.listener])
         if grpc is not None:  # its calls in flight had the REST drain's time to finish
