@@ -151,15 +151,22 @@ class WorkerPool:
             was_ready = (self.marks / str(index)).exists()
             self.early_deaths[index] = 0 if was_ready else self.early_deaths[index] + 1
             how = f"signal {-code}" if code < 0 else f"exit code {code}"
-            if code == LOAD_FAILED_CODE:
-                say(f"worker {index} (pid {proc.pid}) could not load the model; stopping")
-            elif self.early_deaths[index] >= MAX_EARLY_DEATHS:
-                say(f"worker {index} ended {self.early_deaths[index]} times before its model loaded ({how}); stopping")
-            if code == LOAD_FAILED_CODE or self.early_deaths[index] >= MAX_EARLY_DEATHS:
+            why = self.fatal(code, self.early_deaths[index], how)
+            if why:
+                say(f"worker {index} (pid {proc.pid}) {why}; stopping")
                 self.exit_code, self.stopping = LOAD_FAILED_CODE, True
                 return
             self.procs[index] = self.spawn(index, replacement=True)
             say(f"worker {index} (pid {proc.pid}) ended with {how}; started pid {self.procs[index].pid}")
+
+    @staticmethod
+    def fatal(code: int, early_deaths: int, how: str) -> str | None:
+        """Why a worker's end stops the server (a replacement would end the same way), or None."""
+        if code == LOAD_FAILED_CODE:
+            return "could not load the model"
+        if early_deaths >= MAX_EARLY_DEATHS:
+            return f"ended {early_deaths} times before its model loaded (last: {how})"
+        return None
 
     def drain(self) -> None:
         self.sock.close()  # the workers hold their own copies; connections nobody would take are refused now

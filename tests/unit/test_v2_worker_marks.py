@@ -6,7 +6,14 @@ import subprocess
 import sys
 
 from convserve.hardware import cpu_share
-from convserve.serving.v2_workers import all_ready, mark_ready, worker_split
+from convserve.serving.v2_workers import (
+    LOAD_FAILED_CODE,
+    MAX_EARLY_DEATHS,
+    WorkerPool,
+    all_ready,
+    mark_ready,
+    worker_split,
+)
 
 
 def test_ready_needs_a_mark_of_a_live_process_for_every_worker(tmp_path):
@@ -30,3 +37,9 @@ def test_the_split_is_torchserves_unless_given(monkeypatch):
     monkeypatch.setattr(cpu_share, "usable_cpus", lambda: 2)
     assert worker_split(None, None) == (1, 2)
     assert worker_split(2, None) == (2, 1)
+
+
+def test_a_worker_that_cannot_load_or_keeps_dying_early_stops_the_server():
+    assert WorkerPool.fatal(LOAD_FAILED_CODE, 1, "exit code 3") == "could not load the model"
+    assert WorkerPool.fatal(-9, 1, "signal 9") is None  # killed once: replaced
+    assert "3 times before its model loaded (last: signal 9)" in WorkerPool.fatal(-9, MAX_EARLY_DEATHS, "signal 9")
