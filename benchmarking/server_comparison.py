@@ -19,7 +19,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from convserve.benchmarking.results import Batching
-from convserve.hardware.cpu_share import default_threads
+from convserve.hardware.cpu_share import default_threads, worker_split
 from convserve.hardware.machine import MachineInfo
 from convserve.hardware.procfs import cpu_seconds, process_memory, torchserve_processes, v2_processes
 from convserve.loadtest.capacity import CapacityResult, find_capacity
@@ -32,7 +32,6 @@ from convserve.serving.kserve_process import KServeProcess, V2ServerSettings
 from convserve.serving.server_lifecycle import free_port
 from convserve.serving.torchserve_process import ServerSettings, TorchServeProcess
 from convserve.serving.v2_protocol import binary_request
-from convserve.serving.v2_workers import worker_split
 
 MODEL = "model"
 SHIPPED = Batching(batch_size=ArchiveSettings().batch_size, max_batch_delay_ms=ArchiveSettings().max_batch_delay_ms)

@@ -20,3 +20,9 @@ def default_threads(workers: int = 1) -> int:
     """Intra-op threads when none are given: this process's share of the usable CPUs when ``workers``
     processes split them, capped at ``MAX_THREADS``."""
     return max(1, min(usable_cpus() // max(1, workers), MAX_THREADS))
+
+
+def worker_split(workers: int | None, threads: int | None) -> tuple[int, int]:
+    """(worker processes, intra-op threads each): the split above unless either is given."""
+    count = workers or default_workers()
+    return count, threads or default_threads(count)

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Annotated
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
@@ -44,6 +45,9 @@ TEST_LOAD_DELAY_ENV = "CONVSERVE_TEST_ONLY_LOAD_DELAY_S"
 LOAD_FAILED = "convserve: the model failed to load:"
 
 
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
 class V2ServerSettings(BaseModel):
     """What the server process is told (written to RUN_DIR/settings.json; the token travels in $CONVSERVE_TOKEN)."""
 
@@ -52,8 +56,8 @@ class V2ServerSettings(BaseModel):
     artifact: Path
     model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     host: str = "127.0.0.1"
-    port: int = 8080
-    grpc_port: int | None = None  # the protocol's gRPC service on this port; None: REST only
+    port: Port = 8080
+    grpc_port: Port | None = None  # the protocol's gRPC service on this port; None: REST only
     backend: str = "auto"
     device: str = "auto"
     threads: int | None = Field(None, ge=1)  # per worker; None: the worker's share of the usable CPUs
@@ -98,7 +102,7 @@ class KServeProcess(ServerLifecycle):
     # addresses -----------------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        """Where a local client reaches the server (a wildcard bind is reached on loopback)."""
+        """Where a local client reaches the REST routes."""
         return f"http://{url_host(self.local_host)}:{self.settings.port}"
 
     @property

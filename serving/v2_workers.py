@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from convserve.hardware.cpu_share import default_threads, default_workers
+from convserve.hardware.cpu_share import worker_split
 
 LOAD_FAILED_CODE = 3  # a worker's exit code when its model cannot load (serving/kserve_server.py)
 DRAIN_S = 20  # a worker's graceful shutdown (uvicorn's, set through KServe's grace period)
@@ -86,12 +86,6 @@ def all_ready(folder: Path, workers: int) -> bool:
         if not _alive(pid):
             return False
     return True
-
-
-def worker_split(workers: int | None, threads: int | None) -> tuple[int, int]:
-    """(workers, intra-op threads each): TorchServe's split of the usable CPUs unless either is given."""
-    count = workers or default_workers()
-    return count, threads or default_threads(count)
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from convserve.hardware.cpu_share import worker_split
 from convserve.serving.archive_settings import ArchiveSettings
-from convserve.serving.v2_workers import worker_split
 from tests.serving_helpers import build_artifact, random_run
 
 pytestmark = pytest.mark.slow

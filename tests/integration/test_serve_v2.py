@@ -475,6 +475,9 @@ def test_cli_refuses_to_listen_beyond_loopback_without_a_token(artifact, tmp_pat
     port = str(free_port())
     clash = cli(str(artifact), "--port", port, "--grpc-port", port, "--run-dir", str(tmp_path))
     assert clash.returncode == 2 and f"gRPC port {port}" in clash.stderr
+    for flag in ("--port", "--grpc-port"):
+        wrong = cli(str(artifact), flag, "70000", "--run-dir", str(tmp_path))
+        assert wrong.returncode == 2 and "less than or equal to 65535" in wrong.stderr, wrong.stderr
     assert not (tmp_path / "server.json").exists()
 
 

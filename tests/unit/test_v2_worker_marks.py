@@ -6,13 +6,13 @@ import subprocess
 import sys
 
 from convserve.hardware import cpu_share
+from convserve.hardware.cpu_share import worker_split
 from convserve.serving.v2_workers import (
     LOAD_FAILED_CODE,
     MAX_EARLY_DEATHS,
     WorkerPool,
     all_ready,
     mark_ready,
-    worker_split,
 )
 
 
@@ -30,7 +30,7 @@ def test_ready_needs_a_mark_of_a_live_process_for_every_worker(tmp_path):
 
 
 def test_the_split_is_torchserves_unless_given(monkeypatch):
-    monkeypatch.setattr(cpu_share, "usable_cpus", lambda: 16)
+    monkeypatch.setattr(cpu_share, "usable_cpus", lambda: 16)  # the split's one input
     assert worker_split(None, None) == (2, 8)
     assert worker_split(4, None) == (4, 4)
     assert worker_split(3, 2) == (3, 2)
